@@ -1,0 +1,285 @@
+"""`KSAMTrainer`: a `transformers.Trainer` whose training step is SAM or K-SAM.
+
+Only `training_step` (and `log`, to report the step's statistics) is overridden: the Trainer still
+does the data loading, gradient accumulation, mixed precision, clipping, optimizer step,
+scheduling, logging and checkpointing, so every Trainer feature keeps working.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from types import SimpleNamespace
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+from transformers import Seq2SeqTrainer, Trainer, TrainingArguments
+
+from .config import KSAMConfig, resolve_k, validate_sam_fields
+from .per_example_loss import (TOKEN_LEVEL_HEADS, PerExampleLoss, head_kind, label_keys,
+                               per_example_loss_for)
+from .selection import select_rows, top_k_indices, trim_padding
+from .sharpness import ascent_norm, perturb_weights_, perturbation_, restore_weights_, save_weights
+
+EXAMPLE_LEVEL_HEADS = ("sequence_classification", "multiple_choice", "question_answering")
+PADDING_AGNOSTIC_HEADS = TOKEN_LEVEL_HEADS + ("sequence_classification", "multiple_choice")
+"""Heads whose loss does not change when trailing padding is cut (not QA: its softmax runs over
+every position, padding included, as the models compute it)."""
+
+
+@dataclass(frozen=True)
+class SAMSettings:
+    """The SAM fields of the training arguments (defaults of `KSAMConfig` for plain `TrainingArguments`)."""
+
+    mode: str
+    rho: float
+    k: Union[int, float]
+    adaptive: bool
+    sync_ascent: bool
+
+    @classmethod
+    def from_args(cls, args: TrainingArguments) -> "SAMSettings":
+        names = {"sam_mode": "mode", "sam_rho": "rho", "ksam_k": "k", "sam_adaptive": "adaptive",
+                 "sam_sync_ascent": "sync_ascent"}
+        defaults = {f.name: f.default for f in fields(KSAMConfig) if f.name in names}
+        values = SimpleNamespace(**{name: getattr(args, name, default) for name, default in defaults.items()})
+        validate_sam_fields(values)
+        return cls(**{names[name]: value for name, value in vars(values).items()})
+
+
+class SharpnessAwareStepMixin:
+    """The SAM / K-SAM training step, mixed into a `Trainer` class (see `KSAMTrainer`)."""
+
+    def __init__(self, *args: Any, per_example_loss_func: Optional[PerExampleLoss] = None, **kwargs: Any):
+        if len(args) < 2 and kwargs.get("args") is None:
+            kwargs["args"] = KSAMConfig(output_dir="trainer_output")
+        super().__init__(*args, **kwargs)
+        self.sam = SAMSettings.from_args(self.args)
+        self.per_example_loss_func = per_example_loss_func
+        self._user_loss = per_example_loss_func is not None
+        self._head: Optional[str] = None
+        self._accumulated_items = 0.0  # examples / tokens behind the gradient in p.grad this step
+        self.current_gradient_accumulation_steps = 1  # the training loop sets it; direct calls need it
+        self._sam_logs = _StepStatistics()
+        self._check_sam_setup()
+        if self.model is not None:
+            self._setup_head(self.model)
+
+    # ----------------------------------------------------------------------------- construction
+    def _check_sam_setup(self) -> None:
+        if self.sam.mode == "none":
+            return
+        if self.compute_loss_func is not None:
+            raise ValueError(
+                "`compute_loss_func` cannot be combined with `sam_mode`="
+                f"{self.sam.mode!r}: it returns a loss already reduced over the batch, and K-SAM needs "
+                "one loss per example. Pass `per_example_loss_func=` (outputs, inputs) -> (loss sums, "
+                "item counts) instead, or set `sam_mode='none'`."
+            )
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            raise ValueError(
+                f"`sam_mode`={self.sam.mode!r} does not support DeepSpeed or FSDP yet: the perturbation "
+                "needs the full (unsharded) weights and gradients on each process. Use DDP "
+                "(`accelerate launch` / `torchrun` without a DeepSpeed or FSDP config), or `sam_mode='none'`."
+            )
+
+    def _setup_head(self, model: nn.Module) -> None:
+        """Find the per-example loss for `model`; make the baseline's accumulation scaling right."""
+        unwrapped = self.accelerator.unwrap_model(model)
+        self._head = head_kind(unwrapped)
+        if self._head in EXAMPLE_LEVEL_HEADS:
+            # These heads reduce their loss over their own micro-batch and ignore
+            # `num_items_in_batch`, so the Trainer must divide by the accumulation steps.
+            self.model_accepts_loss_kwargs = False
+        if self.sam.mode == "none" or self.per_example_loss_func is not None:
+            return
+        if self._head is None:
+            raise ValueError(
+                f"{type(unwrapped).__name__} has no head whose per-example loss ksam_hf knows "
+                "(sequence/token classification, causal/masked LM, seq2seq, multiple choice, question "
+                "answering). Pass `per_example_loss_func=` to KSAMTrainer: a callable "
+                "(model outputs, inputs) -> (per-example loss sums, per-example item counts)."
+            )
+        expected = list(label_keys(self._head))
+        if list(self.label_names or []) != expected:
+            raise ValueError(
+                f"`label_names`={self.label_names} do not match the targets {expected} of "
+                f"{type(unwrapped).__name__}, so the per-example loss cannot be derived. Leave "
+                "`label_names` unset, or pass `per_example_loss_func=`."
+            )
+        self.per_example_loss_func = per_example_loss_for(
+            unwrapped, self._head, label_smoothing=self.args.label_smoothing_factor)
+
+    # ----------------------------------------------------------------------------- the step
+    def training_step(self, model: nn.Module, inputs: dict[str, Any],
+                      num_items_in_batch: Optional[Union[torch.Tensor, int]] = None) -> torch.Tensor:
+        """One SAM / K-SAM micro-batch: rank, ascend on the kept examples, descend there at w + e.
+
+        The descent gradient is added to `p.grad` (earlier accumulation micro-batches' gradients
+        stay there), so that after the last micro-batch `p.grad` is the mean over all kept
+        examples (tokens) of the accumulated batch. Returns the whole micro-batch's loss, scaled
+        for logging as the Trainer scales its own.
+        """
+        if self.sam.mode == "none":
+            return super().training_step(model, inputs, num_items_in_batch)
+        if self.per_example_loss_func is None:
+            self._setup_head(model)
+        model.train()
+        if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
+            self.optimizer.train()
+        inputs = self._prepare_inputs(inputs)
+        inputs = self._with_decoder_inputs(model, inputs)
+        accumulation_steps = self.current_gradient_accumulation_steps or 1
+
+        if self.sam.mode == "ksam":
+            kept, full_loss = self._select_top_k(model, inputs)
+            if kept is None:  # no example in this micro-batch has a label
+                self._finish_micro_batch(0.0)
+                return full_loss.detach() / accumulation_steps
+        else:
+            kept, full_loss = inputs, None
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        with self.accelerator.no_sync(model):
+            sums, counts = self._per_example_losses(model, kept)
+            ascent_loss = sums.sum() / counts.sum()
+            grads = torch.autograd.grad(ascent_loss * self._loss_scale(), params, allow_unused=True)
+        if full_loss is None:
+            full_loss = ascent_loss.detach()
+        self._sam_logs.add_kept(counts.numel(), ascent_loss.detach())
+        used = [(p, g) for p, g in zip(params, grads) if g is not None]
+        del grads, sums, ascent_loss
+        perturbed, perturbation, saved = [p for p, _ in used], [g for _, g in used], None
+        if self.sam.sync_ascent and self.accelerator.num_processes > 1:
+            perturbation = self.accelerator.reduce(perturbation, reduction="mean")
+        norm = float(ascent_norm(perturbation, perturbed, self.sam.adaptive))
+        if math.isfinite(norm) and self.sam.rho > 0:
+            perturbation_(perturbation, perturbed, self.sam.rho, norm, self.sam.adaptive)
+            saved = save_weights(perturbed)
+        elif not math.isfinite(norm):
+            self._sam_logs.skipped += 1
+        self._sam_logs.add_norm(norm / self._loss_scale())
+        try:
+            if saved is not None:
+                perturb_weights_(perturbed, perturbation)
+            del perturbation
+            self._descend(model, kept)
+        finally:
+            restore_weights_(perturbed, saved)
+        return full_loss / accumulation_steps
+
+    def _select_top_k(self, model: nn.Module, inputs: dict[str, Any]):
+        """Rank the micro-batch by per-example loss (no gradients); the top-k rows, trimmed, and the batch loss."""
+        with torch.no_grad():
+            sums, counts = self._per_example_losses(model, inputs)
+        full_loss = sums.sum() / counts.sum().clamp_min(1)
+        batch_size = counts.shape[0]
+        indices = top_k_indices(sums / counts.clamp_min(1), counts, resolve_k(self.sam.k, batch_size))
+        if indices.numel() == 0:
+            self._sam_logs.empty += 1
+            return None, full_loss
+        kept = select_rows(inputs, indices, batch_size)
+        if self._head in PADDING_AGNOSTIC_HEADS and not self._user_loss:
+            kept = trim_padding(kept, decoder_labels=self._head == "seq2seq_lm")
+        return kept, full_loss
+
+    def _descend(self, model: nn.Module, kept: dict[str, Any]) -> None:
+        """Backward of the kept examples' loss at the current weights, into `p.grad`, as a running mean."""
+        sums, counts = self._per_example_losses(model, kept)
+        items = float(counts.sum())
+        previous = self._accumulated_items
+        total = previous + items
+        if previous > 0 and total > 0:
+            existing = [p.grad for p in model.parameters() if p.grad is not None]
+            if existing:
+                torch._foreach_mul_(existing, previous / total)
+        self.accelerator.backward(sums.sum() / max(total, 1.0))
+        self._finish_micro_batch(items)
+
+    def _finish_micro_batch(self, items: float) -> None:
+        if self.accelerator.sync_gradients:
+            self._accumulated_items = 0.0
+        else:
+            self._accumulated_items += items
+
+    def _per_example_losses(self, model: nn.Module, inputs: dict[str, Any]):
+        with self.compute_loss_context_manager():
+            outputs = model(**self._model_inputs(inputs))
+        return self.per_example_loss_func(outputs, inputs)
+
+    def _model_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """What the model is called with: the inputs without the targets for the known heads
+        (the model need not compute a loss we do not use); everything for a custom loss."""
+        if self._head is None or self._user_loss:
+            return inputs
+        targets = label_keys(self._head)
+        return {k: v for k, v in inputs.items() if k not in targets}
+
+    def _with_decoder_inputs(self, model: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Encoder-decoder models build `decoder_input_ids` from the labels: build them here the same way."""
+        if self._head != "seq2seq_lm" or "decoder_input_ids" in inputs or "labels" not in inputs:
+            return inputs
+        unwrapped = self.accelerator.unwrap_model(model)
+        if not hasattr(unwrapped, "prepare_decoder_input_ids_from_labels"):
+            return inputs
+        return {**inputs, "decoder_input_ids": unwrapped.prepare_decoder_input_ids_from_labels(labels=inputs["labels"])}
+
+    def _loss_scale(self) -> float:
+        """The fp16 GradScaler's scale (1 otherwise): the ascent loss is scaled like any other."""
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is not None and scaler.is_enabled():
+            return float(scaler.get_scale())
+        return 1.0
+
+    # ----------------------------------------------------------------------------- logging
+    def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
+        """Add the SAM statistics since the last log to the training logs."""
+        if "loss" in logs and self.sam.mode != "none":
+            logs.update(self._sam_logs.pop())
+        super().log(logs, start_time)
+
+
+class _StepStatistics:
+    """Running sums of the per-step SAM statistics between two logs."""
+
+    def __init__(self) -> None:
+        self.skipped = 0  # perturbations skipped for a non-finite ascent norm (cumulative)
+        self.empty = 0  # micro-batches with no labelled example (cumulative)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.steps, self.kept, self.norm_steps, self.norm = 0, 0, 0, 0.0
+        self.kept_loss = torch.zeros(())
+
+    def add_kept(self, kept: int, kept_loss: torch.Tensor) -> None:
+        self.steps += 1
+        self.kept += kept
+        self.kept_loss = self.kept_loss.to(kept_loss.device) + kept_loss.float()
+
+    def add_norm(self, norm: float) -> None:
+        if math.isfinite(norm):
+            self.norm_steps += 1
+            self.norm += norm
+
+    def pop(self) -> dict[str, float]:
+        logs = {"sam_skipped_perturbations": self.skipped}
+        if self.empty:
+            logs["sam_unlabelled_batches"] = self.empty
+        if self.steps:
+            logs["sam_kept"] = round(self.kept / self.steps, 4)
+            logs["sam_kept_loss"] = round(float(self.kept_loss) / self.steps, 4)
+        if self.norm_steps:
+            logs["sam_ascent_grad_norm"] = round(self.norm / self.norm_steps, 4)
+        self._reset()
+        return logs
+
+
+class KSAMTrainer(SharpnessAwareStepMixin, Trainer):
+    """`transformers.Trainer` with a SAM / K-SAM step; takes every `Trainer` argument, plus
+    `per_example_loss_func` for heads ksam_hf does not know. Configure it with `KSAMConfig`
+    (a plain `TrainingArguments` runs K-SAM with the defaults)."""
+
+
+class KSAMSeq2SeqTrainer(SharpnessAwareStepMixin, Seq2SeqTrainer):
+    """`Seq2SeqTrainer` (evaluation by generation) with the SAM / K-SAM step; use `KSAMSeq2SeqConfig`."""
