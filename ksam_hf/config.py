@@ -9,6 +9,7 @@ from typing import Union
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
 SAM_MODES = ("ksam", "sam", "none")
+KSAM_SELECTIONS = ("forward", "previous_loss")
 
 
 def parse_ksam_k(value: Union[int, float, str]) -> Union[int, float]:
@@ -86,6 +87,19 @@ class KSAMConfig(TrainingArguments):
         sam_adaptive (`bool`, *optional*, defaults to `False`):
             ASAM (Kwon et al. 2021): the scale-invariant ascent `e = rho * w^2 g / ||w g||`, with a
             larger `sam_rho` than plain SAM (ASAM's authors use about 10x).
+        ksam_selection (`str`, *optional*, defaults to `"forward"`):
+            How K-SAM ranks a batch. `"forward"` (the paper's): a forward pass without gradients over
+            the whole batch. `"previous_loss"` (opt-in, ours): rank by the loss each example had at
+            its previous visit, which skips that forward whenever every example of the batch has
+            been seen; batches with unseen examples (the first epoch) are ranked by the forward
+            pass, and the kept examples' scores are refreshed from their ascent pass. Needs a stable
+            example id per row in the training set (`ksam_id_column`). See `docs/performance.md`
+            for what it gains and costs.
+        ksam_id_column (`str`, *optional*, defaults to `"idx"`):
+            The training-set column with each example's id (a non-negative integer, e.g. the row
+            index, as GLUE's `idx`), used by `ksam_selection="previous_loss"` only. KSAMTrainer keeps
+            this column of a `datasets.Dataset` for training though the model does not take it (for
+            other datasets, set `remove_unused_columns=False` or have the collator pass it through).
         sam_sync_ascent (`bool`, *optional*, defaults to `False`):
             Multi-process training only: average the ascent gradient across processes before
             perturbing, so that every process uses the same perturbation (one all-reduce of the
@@ -105,6 +119,15 @@ class KSAMConfig(TrainingArguments):
     )
     sam_adaptive: bool = field(
         default=False, metadata={"help": "Use ASAM's scale-invariant ascent (e = rho w^2 g / ||w g||)."}
+    )
+    ksam_selection: str = field(
+        default="forward",
+        metadata={"help": "How K-SAM ranks a batch: 'forward' (a gradient-free forward pass) or "
+                          "'previous_loss' (each example's loss at its previous visit).",
+                  "choices": list(KSAM_SELECTIONS)},
+    )
+    ksam_id_column: str = field(
+        default="idx", metadata={"help": "Training-set column of example ids, for ksam_selection=previous_loss."}
     )
     sam_sync_ascent: bool = field(
         default=False,
@@ -130,3 +153,6 @@ def validate_sam_fields(args: KSAMConfig) -> None:
         raise ValueError(f"`sam_rho`={args.sam_rho!r} must be a finite number >= 0 (e.g. 0.05).")
     args.sam_rho = float(args.sam_rho)
     args.ksam_k = parse_ksam_k(args.ksam_k)
+    if args.ksam_selection not in KSAM_SELECTIONS:
+        raise ValueError(
+            f"`ksam_selection`={args.ksam_selection!r} is unknown: use one of {', '.join(KSAM_SELECTIONS)}.")

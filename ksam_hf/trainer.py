@@ -17,6 +17,7 @@ from torch import nn
 from transformers import Seq2SeqTrainer, Trainer, TrainingArguments
 
 from .config import KSAMConfig, resolve_k, validate_sam_fields
+from .loss_memory import ExampleLossMemory
 from .per_example_loss import (TOKEN_LEVEL_HEADS, PerExampleLoss, head_kind, label_keys,
                                per_example_loss_for)
 from .selection import select_rows, top_k_indices, trim_padding
@@ -37,11 +38,13 @@ class SAMSettings:
     k: Union[int, float]
     adaptive: bool
     sync_ascent: bool
+    selection: str
+    id_column: str
 
     @classmethod
     def from_args(cls, args: TrainingArguments) -> "SAMSettings":
         names = {"sam_mode": "mode", "sam_rho": "rho", "ksam_k": "k", "sam_adaptive": "adaptive",
-                 "sam_sync_ascent": "sync_ascent"}
+                 "sam_sync_ascent": "sync_ascent", "ksam_selection": "selection", "ksam_id_column": "id_column"}
         defaults = {f.name: f.default for f in fields(KSAMConfig) if f.name in names}
         values = SimpleNamespace(**{name: getattr(args, name, default) for name, default in defaults.items()})
         validate_sam_fields(values)
@@ -62,11 +65,26 @@ class SharpnessAwareStepMixin:
         self._accumulated_items = 0.0  # examples / tokens behind the gradient in p.grad this step
         self.current_gradient_accumulation_steps = 1  # the training loop sets it; direct calls need it
         self._sam_logs = _StepStatistics()
+        self._loss_memory = ExampleLossMemory() if self._remembers_losses else None
         self._check_sam_setup()
         if self.model is not None:
             self._setup_head(self.model)
 
     # ----------------------------------------------------------------------------- construction
+    @property
+    def _remembers_losses(self) -> bool:
+        return self.sam.mode == "ksam" and self.sam.selection == "previous_loss"
+
+    def _remove_unused_columns(self, dataset: Any, description: Optional[str] = None) -> Any:
+        """Keep the example-id column in the training set when K-SAM ranks by remembered losses."""
+        pruned = super()._remove_unused_columns(dataset, description)
+        column = self.sam.id_column
+        if (self._remembers_losses and (description or "").lower() == "training"
+                and column in getattr(dataset, "column_names", ())
+                and column not in pruned.column_names):
+            pruned = pruned.add_column(column, dataset.with_format(None)[column])
+        return pruned
+
     def _check_sam_setup(self) -> None:
         if self.sam.mode == "none":
             return
@@ -148,6 +166,8 @@ class SharpnessAwareStepMixin:
         if full_loss is None:
             full_loss = ascent_loss.detach()
         self._sam_logs.add_kept(counts.numel(), ascent_loss.detach())
+        if self._loss_memory is not None:
+            self._loss_memory.update(kept[self.sam.id_column], (sums / counts.clamp_min(1)).detach())
         used = [(p, g) for p, g in zip(params, grads) if g is not None]
         del grads, sums, ascent_loss
         perturbed, perturbation, saved = [p for p, _ in used], [g for _, g in used], None
@@ -170,12 +190,25 @@ class SharpnessAwareStepMixin:
         return full_loss / accumulation_steps
 
     def _select_top_k(self, model: nn.Module, inputs: dict[str, Any]):
-        """Rank the micro-batch by per-example loss (no gradients); the top-k rows, trimmed, and the batch loss."""
-        with torch.no_grad():
-            sums, counts = self._per_example_losses(model, inputs)
-        full_loss = sums.sum() / counts.sum().clamp_min(1)
+        """Rank the micro-batch by per-example loss; the top-k rows (trimmed) and the batch's loss.
+
+        The ranking is a forward pass without gradients, or (`ksam_selection="previous_loss"`)
+        the losses remembered from the examples' previous visit when all of them have one.
+        """
+        remembered = self._remembered_losses(inputs)
+        if remembered is not None:
+            scores, counts = remembered, torch.ones_like(remembered)
+            full_loss = remembered.mean().to(self.args.device)
+            self._sam_logs.ranked_from_memory += 1
+        else:
+            with torch.no_grad():
+                sums, counts = self._per_example_losses(model, inputs)
+            scores = sums / counts.clamp_min(1)
+            full_loss = sums.sum() / counts.sum().clamp_min(1)
+            if self._loss_memory is not None:
+                self._loss_memory.update(inputs[self.sam.id_column], scores.masked_fill(counts == 0, float("nan")))
         batch_size = counts.shape[0]
-        indices = top_k_indices(sums / counts.clamp_min(1), counts, resolve_k(self.sam.k, batch_size))
+        indices = top_k_indices(scores, counts, resolve_k(self.sam.k, batch_size))
         if indices.numel() == 0:
             self._sam_logs.empty += 1
             return None, full_loss
@@ -183,6 +216,19 @@ class SharpnessAwareStepMixin:
         if self._head in PADDING_AGNOSTIC_HEADS and not self._user_loss:
             kept = trim_padding(kept, decoder_labels=self._head == "seq2seq_lm")
         return kept, full_loss
+
+    def _remembered_losses(self, inputs: dict[str, Any]) -> Optional[torch.Tensor]:
+        """The remembered losses of every example in the batch, or None if any is unknown."""
+        if self._loss_memory is None:
+            return None
+        if self.sam.id_column not in inputs:
+            raise ValueError(
+                f"`ksam_selection='previous_loss'` needs an example id per row, but the batch has no "
+                f"{self.sam.id_column!r} column. Add one (e.g. `dataset.map(lambda _, i: {{'idx': i}}, "
+                "with_indices=True)`) or set `ksam_id_column` to the column that holds it."
+            )
+        losses = self._loss_memory.lookup(inputs[self.sam.id_column])
+        return losses if bool(torch.isfinite(losses).all()) else None
 
     def _descend(self, model: nn.Module, kept: dict[str, Any]) -> None:
         """Backward of the kept examples' loss at the current weights, into `p.grad`, as a running mean."""
@@ -211,10 +257,10 @@ class SharpnessAwareStepMixin:
     def _model_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """What the model is called with: the inputs without the targets for the known heads
         (the model need not compute a loss we do not use); everything for a custom loss."""
-        if self._head is None or self._user_loss:
-            return inputs
-        targets = label_keys(self._head)
-        return {k: v for k, v in inputs.items() if k not in targets}
+        dropped = {self.sam.id_column} if self._loss_memory is not None else set()
+        if self._head is not None and not self._user_loss:
+            dropped.update(label_keys(self._head))
+        return {k: v for k, v in inputs.items() if k not in dropped}
 
     def _with_decoder_inputs(self, model: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
         """Encoder-decoder models build `decoder_input_ids` from the labels: build them here the same way."""
@@ -246,6 +292,7 @@ class _StepStatistics:
     def __init__(self) -> None:
         self.skipped = 0  # perturbations skipped for a non-finite ascent norm (cumulative)
         self.empty = 0  # micro-batches with no labelled example (cumulative)
+        self.ranked_from_memory = 0  # micro-batches ranked by remembered losses (cumulative)
         self._reset()
 
     def _reset(self) -> None:
@@ -266,6 +313,8 @@ class _StepStatistics:
         logs = {"sam_skipped_perturbations": self.skipped}
         if self.empty:
             logs["sam_unlabelled_batches"] = self.empty
+        if self.ranked_from_memory:
+            logs["sam_ranked_from_memory"] = self.ranked_from_memory
         if self.steps:
             logs["sam_kept"] = round(self.kept / self.steps, 4)
             logs["sam_kept_loss"] = round(float(self.kept_loss) / self.steps, 4)

@@ -125,7 +125,7 @@ def learnable_dataset(size: int, seed: int) -> list[dict]:
     return data
 
 
-def train_learnable(tmp_path, **overrides):
+def train_learnable(tmp_path, dataset=None, **overrides):
     from transformers import BertForSequenceClassification
 
     torch.manual_seed(0)
@@ -134,8 +134,11 @@ def train_learnable(tmp_path, **overrides):
                     per_device_train_batch_size=16, learning_rate=3e-3, logging_steps=4, save_strategy="no",
                     seed=0, warmup_steps=0)
     settings.update(overrides)
-    trainer = KSAMTrainer(model=model, args=KSAMConfig(**settings), train_dataset=learnable_dataset(128, 1),
-                          data_collator=stack)
+    if dataset is None:
+        dataset = learnable_dataset(128, 1)
+    else:
+        dataset = dataset.with_format("torch")
+    trainer = KSAMTrainer(model=model, args=KSAMConfig(**settings), train_dataset=dataset, data_collator=stack)
     trainer.train()
     return trainer
 
@@ -290,3 +293,63 @@ def test_seq2seq_trainer_counterpart(tmp_path):
     trainer.training_step(model, dict(batch))
     assert_gradients_equal(model, expected)
     assert isinstance(trainer, Trainer)
+
+
+# ------------------------------------------------------------------------------- previous-loss selection
+def test_previous_loss_selection_ranks_by_remembered_losses(tmp_path):
+    model, batch = make_case("token", seed=18)
+    batch["idx"] = torch.arange(10, 16)
+    trainer = KSAMTrainer(model=model, args=KSAMConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True,
+                                                       ksam_k=2, ksam_selection="previous_loss"))
+    forward, grad_modes = model.forward, []
+
+    def counting_forward(*args, **kwargs):
+        assert "idx" not in kwargs
+        grad_modes.append(torch.is_grad_enabled())
+        return forward(*args, **kwargs)
+
+    model.forward = counting_forward
+    trainer.training_step(model, dict(batch))  # unseen examples: ranked by a forward pass
+    assert grad_modes == [False, True, True]
+    own = {}
+    with torch.no_grad():
+        for i in range(6):
+            own[10 + i] = float(forward(**rows({k: v for k, v in batch.items() if k != "idx"}, [i])).loss)
+    remembered = trainer._loss_memory.lookup(torch.arange(10, 16))
+    torch.testing.assert_close(remembered, torch.tensor([own[i] for i in range(10, 16)]), rtol=1e-5, atol=1e-6)
+
+    # Now pretend rows 1 and 4 had the highest losses last time: the next step must keep them,
+    # without a ranking forward pass.
+    trainer._loss_memory.update(torch.arange(10, 16), torch.tensor([0.1, 9.0, 0.2, 0.3, 8.0, 0.4]))
+    grad_modes.clear()
+    model.zero_grad(set_to_none=True)
+    trainer.training_step(model, dict(batch))
+    assert grad_modes == [True, True]
+    plain = {k: v for k, v in batch.items() if k != "idx"}
+    model.forward = forward
+    expected = reference_sam_gradient(model, rows(plain, [1, 4]), rho=0.05)
+    assert_gradients_equal(model, expected)
+    refreshed = trainer._loss_memory.lookup(torch.tensor([11, 14]))
+    torch.testing.assert_close(refreshed, torch.tensor([own[11], own[14]]), rtol=1e-5, atol=1e-6)
+
+
+def test_previous_loss_selection_keeps_the_id_column_and_trains(tmp_path):
+    import datasets
+
+    data = learnable_dataset(64, 2)
+    table = datasets.Dataset.from_dict({"input_ids": [d["input_ids"].tolist() for d in data],
+                                        "attention_mask": [d["attention_mask"].tolist() for d in data],
+                                        "labels": [int(d["labels"]) for d in data], "idx": list(range(64)),
+                                        "sentence": ["unused"] * 64})
+    trainer = train_learnable(tmp_path, sam_mode="ksam", ksam_selection="previous_loss", num_train_epochs=3,
+                              dataset=table)
+    logs = [log for log in trainer.state.log_history if "loss" in log]
+    assert logs[-1]["sam_ranked_from_memory"] == 8  # epochs 2 and 3: 4 batches of 16 each
+
+
+def test_previous_loss_selection_without_ids_is_a_clear_error(tmp_path):
+    model, batch = make_case("seqcls_single")
+    trainer = KSAMTrainer(model=model, args=KSAMConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True,
+                                                       ksam_selection="previous_loss"))
+    with pytest.raises(ValueError, match="ksam_id_column"):
+        trainer.training_step(model, dict(batch))
