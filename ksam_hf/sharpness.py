@@ -37,19 +37,23 @@ def perturbation_(grads: list[torch.Tensor], params: Tensors, rho: float, norm: 
 
 
 @torch.no_grad()
-def save_weights(params: Tensors) -> list[torch.Tensor]:
-    """A copy of the weights, from which `restore_weights_` puts them back bit for bit."""
-    return [p.detach().clone() for p in params]
+def perturb_weights_(params: Sequence[torch.nn.Parameter], perturbation: list[torch.Tensor]) -> None:
+    """w <- w + e without copying w: keep `[p.data for p in params]` first, for `restore_weights_`.
+
+    e's buffers become w + e (bit for bit the same as w + e, addition being commutative) and are
+    swapped into the parameters, so the original weights stay untouched where they were. A
+    perturbation whose layout differs from its weight's is copied into the weight's layout first.
+    """
+    torch._foreach_add_(perturbation, list(params))
+    for p, moved in zip(params, perturbation):
+        if moved.stride() != p.stride() or moved.dtype != p.dtype:
+            moved = torch.empty_like(p).copy_(moved)
+        p.data = moved
 
 
 @torch.no_grad()
-def perturb_weights_(params: Tensors, perturbation: Tensors) -> None:
-    """w <- w + e."""
-    torch._foreach_add_(list(params), list(perturbation))
-
-
-@torch.no_grad()
-def restore_weights_(params: Tensors, saved: Optional[Tensors]) -> None:
-    """w <- saved copy (never w - e: floating-point subtraction would not give w back exactly)."""
+def restore_weights_(params: Sequence[torch.nn.Parameter], saved: Optional[Tensors]) -> None:
+    """Put back the weights kept before `perturb_weights_` (never w - e: that would not give w exactly)."""
     if saved is not None:
-        torch._foreach_copy_(list(params), list(saved))
+        for p, original in zip(params, saved):
+            p.data = original

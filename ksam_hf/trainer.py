@@ -21,7 +21,7 @@ from .loss_memory import ExampleLossMemory
 from .per_example_loss import (TOKEN_LEVEL_HEADS, PerExampleLoss, head_kind, label_keys,
                                per_example_loss_for)
 from .selection import select_rows, top_k_indices, trim_padding
-from .sharpness import ascent_norm, perturb_weights_, perturbation_, restore_weights_, save_weights
+from .sharpness import ascent_norm, perturb_weights_, perturbation_, restore_weights_
 
 EXAMPLE_LEVEL_HEADS = ("sequence_classification", "multiple_choice", "question_answering")
 PADDING_AGNOSTIC_HEADS = TOKEN_LEVEL_HEADS + ("sequence_classification", "multiple_choice")
@@ -39,12 +39,14 @@ class SAMSettings:
     adaptive: bool
     sync_ascent: bool
     selection: str
+    rank_without_dropout: bool
     id_column: str
 
     @classmethod
     def from_args(cls, args: TrainingArguments) -> "SAMSettings":
         names = {"sam_mode": "mode", "sam_rho": "rho", "ksam_k": "k", "sam_adaptive": "adaptive",
-                 "sam_sync_ascent": "sync_ascent", "ksam_selection": "selection", "ksam_id_column": "id_column"}
+                 "sam_sync_ascent": "sync_ascent", "ksam_selection": "selection", "ksam_id_column": "id_column",
+                 "ksam_rank_without_dropout": "rank_without_dropout"}
         defaults = {f.name: f.default for f in fields(KSAMConfig) if f.name in names}
         values = SimpleNamespace(**{name: getattr(args, name, default) for name, default in defaults.items()})
         validate_sam_fields(values)
@@ -168,22 +170,23 @@ class SharpnessAwareStepMixin:
         self._sam_logs.add_kept(counts.numel(), ascent_loss.detach())
         if self._loss_memory is not None:
             self._loss_memory.update(kept[self.sam.id_column], (sums / counts.clamp_min(1)).detach())
-        used = [(p, g) for p, g in zip(params, grads) if g is not None]
+        perturbed = [p for p, g in zip(params, grads) if g is not None]
+        perturbation = [g for g in grads if g is not None]
         del grads, sums, ascent_loss
-        perturbed, perturbation, saved = [p for p, _ in used], [g for _, g in used], None
         if self.sam.sync_ascent and self.accelerator.num_processes > 1:
             perturbation = self.accelerator.reduce(perturbation, reduction="mean")
         norm = float(ascent_norm(perturbation, perturbed, self.sam.adaptive))
-        if math.isfinite(norm) and self.sam.rho > 0:
-            perturbation_(perturbation, perturbed, self.sam.rho, norm, self.sam.adaptive)
-            saved = save_weights(perturbed)
-        elif not math.isfinite(norm):
-            self._sam_logs.skipped += 1
         self._sam_logs.add_norm(norm / self._loss_scale())
+        perturb = math.isfinite(norm) and self.sam.rho > 0
+        if not math.isfinite(norm):
+            self._sam_logs.skipped += 1
+        saved = None
         try:
-            if saved is not None:
+            if perturb:
+                perturbation_(perturbation, perturbed, self.sam.rho, norm, self.sam.adaptive)
+                saved = [p.data for p in perturbed]  # w itself, untouched while w + e is swapped in
                 perturb_weights_(perturbed, perturbation)
-            del perturbation
+            del perturbation  # with the weights swapped, nothing else holds e: the descent has +1 copy only
             self._descend(model, kept)
         finally:
             restore_weights_(perturbed, saved)
@@ -201,8 +204,12 @@ class SharpnessAwareStepMixin:
             full_loss = remembered.mean().to(self.args.device)
             self._sam_logs.ranked_from_memory += 1
         else:
-            with torch.no_grad():
-                sums, counts = self._per_example_losses(model, inputs)
+            try:
+                model.train(not self.sam.rank_without_dropout)
+                with torch.no_grad():
+                    sums, counts = self._per_example_losses(model, inputs)
+            finally:
+                model.train()
             scores = sums / counts.clamp_min(1)
             full_loss = sums.sum() / counts.sum().clamp_min(1)
             if self._loss_memory is not None:
