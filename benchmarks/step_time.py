@@ -380,7 +380,7 @@ def labelled_phases(trainer):
                 return fn(*a, **kw)
         return wrapped
 
-    module_names = ["ascent_norm", "perturbation_", "save_weights", "perturb_weights_", "restore_weights_",
+    module_names = ["ascent_norm", "perturbation_", "perturb_weights_", "restore_weights_",
                     "select_rows", "trim_padding", "top_k_indices"]
     saved_module = {n: getattr(kt, n) for n in module_names if hasattr(kt, n)}
     instance_names = {"_select_top_k": "ksam/1 rank: no-grad forward + top-k + trim",
@@ -389,7 +389,7 @@ def labelled_phases(trainer):
     original_grad = torch.autograd.grad
     try:
         for n, fn in saved_module.items():
-            setattr(kt, n, wrap(fn, f"ksam/vec {n}" if n in module_names[:5] else f"ksam/sel {n}"))
+            setattr(kt, n, wrap(fn, f"ksam/vec {n}" if n in module_names[:4] else f"ksam/sel {n}"))
         for n, label in instance_names.items():
             setattr(trainer, n, wrap(getattr(trainer, n), label))
         torch.autograd.grad = wrap(original_grad, "ksam/2 ascent backward (autograd.grad)")
@@ -470,7 +470,7 @@ def profile_steps(methods: list, batch: dict, args: argparse.Namespace, device: 
 def vector_ops_time(model: torch.nn.Module, device: torch.device, repeats: int = 7) -> dict[str, float]:
     """Median ms of SAM's per-step vector maths over all trainable parameters: ksam_hf.sharpness's
     norm + scale + save copy + w+e + restore, and a minimal alternative (norm, w += a g, w -= a g)."""
-    from ksam_hf.sharpness import ascent_norm, perturb_weights_, perturbation_, restore_weights_, save_weights
+    from ksam_hf.sharpness import ascent_norm, perturb_weights_, perturbation_, restore_weights_
 
     params = [p for p in model.parameters() if p.requires_grad]
     backup = [p.detach().clone() for p in params]
@@ -481,7 +481,7 @@ def vector_ops_time(model: torch.nn.Module, device: torch.device, repeats: int =
         start = time.perf_counter()
         norm = float(ascent_norm(grads, params, False))
         perturbation_(grads, params, 0.05, norm, False)
-        saved = save_weights(params)
+        saved = [p.data for p in params]
         perturb_weights_(params, grads)
         restore_weights_(params, saved)
         _sync(device)
