@@ -1,0 +1,1 @@
+"""GLUE fine-tuning with `KSAMTrainer`: data loading, metrics and the `run_glue.py` runner."""

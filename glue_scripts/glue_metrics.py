@@ -1,0 +1,63 @@
+"""GLUE metrics computed locally (scikit-learn, SciPy), under the key names of `evaluate`'s "glue".
+
+`evaluate.load("glue", task)` needs the Hub; these give the same numbers offline, with the same
+keys (`accuracy`, `f1`, `matthews_correlation`, `pearson`, `spearmanr`) plus the `combined_score`
+(mean of the task's metrics when it has several) that the Transformers example `run_glue.py` adds.
+The Trainer prefixes them with `eval_`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef, mean_squared_error
+from transformers import EvalPrediction
+
+from .glue_data import glue_task
+
+
+def glue_metrics(task: Optional[str], predictions: np.ndarray, references: np.ndarray) -> dict[str, float]:
+    """The task's metrics of `predictions` (class ids, or scores for STS-B) against `references`.
+
+    `task=None` (a dataset that is not GLUE) gives `accuracy`, or `mse` when the predictions are
+    floats, as the Transformers example does for its own files.
+    """
+    predictions, references = np.asarray(predictions), np.asarray(references)
+    if task is None:
+        if np.issubdtype(predictions.dtype, np.floating):
+            return {"mse": float(mean_squared_error(references, predictions))}
+        return {"accuracy": float(accuracy_score(references, predictions))}
+    name = glue_task(task).name
+    if name == "cola":
+        return {"matthews_correlation": float(matthews_corrcoef(references, predictions))}
+    if name == "stsb":
+        result = {"pearson": float(pearsonr(predictions, references)[0]),
+                  "spearmanr": float(spearmanr(predictions, references)[0])}
+    elif name in ("mrpc", "qqp"):
+        result = {"accuracy": float(accuracy_score(references, predictions)),
+                  "f1": float(f1_score(references, predictions))}
+    else:
+        return {"accuracy": float(accuracy_score(references, predictions))}
+    result["combined_score"] = float(np.mean(list(result.values())))
+    return result
+
+
+def predictions_from_logits(logits: np.ndarray | tuple, is_regression: bool) -> np.ndarray:
+    """Model outputs -> predictions: the score of a regression head, the argmax of a classifier's logits."""
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    logits = np.asarray(logits)
+    if is_regression:
+        return logits.reshape(len(logits), -1)[:, 0]
+    return np.argmax(logits, axis=-1)
+
+
+def make_compute_metrics(task: Optional[str], is_regression: bool) -> Callable[[EvalPrediction], dict[str, float]]:
+    """`compute_metrics` for the Trainer: logits -> predictions -> `glue_metrics`."""
+
+    def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
+        predictions = predictions_from_logits(prediction.predictions, is_regression)
+        return glue_metrics(task, predictions, prediction.label_ids)
+
+    return compute_metrics

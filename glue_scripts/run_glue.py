@@ -1,0 +1,463 @@
+#!/usr/bin/env python
+"""Fine-tune a sequence classifier on a GLUE task (or CSV/JSON files) with `KSAMTrainer`.
+
+Modelled on the Transformers example `examples/pytorch/text-classification/run_glue.py`: the
+same arguments, flow and output files (`train_results.json`, `eval_results.json`,
+`all_results.json`, `trainer_state.json`, `predict_results_<task>.txt`), so that numbers from here
+compare with the example's. On top of it:
+
+* `--optimizer adamw|sgd|sam|ksam` picks the method (see `OPTIMIZERS`), with the SAM knobs of
+  `KSAMConfig` (`--sam_rho`, `--ksam_k`, ...);
+* `--glue_dir` (default: `$GLUE_DIR`) reads the original GLUE TSV release offline instead of the Hub;
+* metrics are computed locally (no `evaluate` download), and the train metrics gain the median
+  optimizer-step time `train_median_step_time` and `train_steps`; `all_results.json` records the
+  method and its settings.
+
+    python glue_scripts/run_glue.py --model_name_or_path ../shared/models/all-MiniLM-L6-v2 \
+        --task_name rte --glue_dir ../shared/glue --do_train --do_eval --do_predict \
+        --output_dir runs/rte-ksam --optimizer ksam --report_to none
+
+A single `.json` argument is read as a file of all the arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import datasets
+import numpy as np
+import torch
+import transformers
+from datasets import DatasetDict, load_dataset
+from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer,
+                          DataCollatorWithPadding, HfArgumentParser, PretrainedConfig, TrainerCallback,
+                          default_data_collator, set_seed)
+from transformers.trainer_utils import get_last_checkpoint
+from transformers.training_args import OptimizerNames
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(REPO))
+
+from glue_scripts.glue_data import GLUE_TASKS, glue_task, load_glue_hub, load_glue_tsv  # noqa: E402
+from glue_scripts.glue_metrics import make_compute_metrics, predictions_from_logits  # noqa: E402
+from ksam_hf import KSAMConfig, KSAMTrainer  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+OPTIMIZERS: dict[str, str] = {"adamw": "none", "sgd": "none", "sam": "sam", "ksam": "ksam"}
+"""`--optimizer` -> `sam_mode`. adamw and sgd are the plain Trainer step with that optimizer; sam
+and ksam wrap the base optimizer of `--optim` (AdamW unless given)."""
+DEFAULT_OPTIM = {"adamw": "adamw_torch", "sgd": "sgd", "sam": "adamw_torch", "ksam": "adamw_torch"}
+
+
+@dataclass
+class ModelArguments:
+    """Which model, config and tokenizer to fine-tune from."""
+
+    model_name_or_path: str = field(
+        metadata={"help": "Path to a pretrained model or its identifier on huggingface.co/models."})
+    config_name: Optional[str] = field(
+        default=None, metadata={"help": "Pretrained config name or path, if not the same as model_name_or_path."})
+    tokenizer_name: Optional[str] = field(
+        default=None, metadata={"help": "Pretrained tokenizer name or path, if not the same as model_name_or_path."})
+    cache_dir: Optional[str] = field(
+        default=None, metadata={"help": "Where to store models and datasets downloaded from the Hub."})
+    use_fast_tokenizer: bool = field(
+        default=True, metadata={"help": "Use a fast (tokenizers-backed) tokenizer."})
+    model_revision: str = field(
+        default="main", metadata={"help": "Model version to use (branch name, tag name or commit id)."})
+    token: Optional[str] = field(
+        default=None, metadata={"help": "Hub token for private models (default: the one of `hf auth login`)."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow models whose code lives on the Hub (run only code you trust)."})
+    ignore_mismatched_sizes: bool = field(
+        default=False, metadata={"help": "Load a checkpoint whose head has a different number of labels."})
+
+
+@dataclass
+class DataTrainingArguments:
+    """Which data, how to preprocess it, and which optimizer."""
+
+    task_name: Optional[str] = field(
+        default=None, metadata={"help": "GLUE task: " + ", ".join(GLUE_TASKS) + "."})
+    dataset_name: Optional[str] = field(
+        default=None, metadata={"help": "A dataset on the Hub (instead of a GLUE task)."})
+    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Its configuration name."})
+    max_seq_length: int = field(
+        default=128, metadata={"help": "Longest tokenized input; longer ones are truncated."})
+    overwrite_cache: bool = field(default=False, metadata={"help": "Recompute the cached preprocessed datasets."})
+    pad_to_max_length: bool = field(
+        default=True,
+        metadata={"help": "Pad every input to max_seq_length; False pads each batch to its longest input."})
+    max_train_samples: Optional[int] = field(
+        default=None, metadata={"help": "Use only the first N training examples (debugging, quick runs)."})
+    max_eval_samples: Optional[int] = field(
+        default=None, metadata={"help": "Use only the first N evaluation examples."})
+    max_predict_samples: Optional[int] = field(
+        default=None, metadata={"help": "Use only the first N test examples."})
+    train_file: Optional[str] = field(default=None, metadata={"help": "CSV or JSON file of training data."})
+    validation_file: Optional[str] = field(default=None, metadata={"help": "CSV or JSON file of validation data."})
+    test_file: Optional[str] = field(default=None, metadata={"help": "CSV or JSON file of test data."})
+    glue_dir: Optional[str] = field(
+        default_factory=lambda: os.environ.get("GLUE_DIR"),
+        metadata={"help": "Directory of the original GLUE TSV release (CoLA/, SST-2/, ...) to read "
+                          "offline instead of the Hub (default: $GLUE_DIR)."})
+    optimizer: str = field(
+        default="adamw",
+        metadata={"help": "adamw or sgd (plain Trainer step), sam or ksam (KSAMTrainer step around the "
+                          "base optimizer of --optim, AdamW by default)."})
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"--optimizer {self.optimizer!r} is unknown: use one of {', '.join(OPTIMIZERS)}.")
+        if self.task_name is not None:
+            self.task_name = self.task_name.lower()
+            if self.task_name not in GLUE_TASKS:
+                raise ValueError(f"--task_name {self.task_name!r} is unknown: use one of "
+                                 f"{', '.join(GLUE_TASKS)}, or give --train_file/--validation_file.")
+        elif self.dataset_name is None and (self.train_file is None or self.validation_file is None):
+            raise ValueError("No data: give --task_name (a GLUE task), --dataset_name (a Hub dataset), "
+                             "or both --train_file and --validation_file (CSV or JSON).")
+        for name in ("train_file", "validation_file", "test_file"):
+            path = getattr(self, name)
+            if path is not None and path.split(".")[-1] not in ("csv", "json"):
+                raise ValueError(f"--{name} {path!r} must be a .csv or .json file.")
+
+
+class StepTimer(TrainerCallback):
+    """Wall time of each optimizer step (from `on_step_begin` to `on_step_end`): forward, backward,
+    the SAM passes, clipping and the optimizer update, without data loading, logging or evaluation."""
+
+    def __init__(self) -> None:
+        self.durations: list[float] = []
+        self._started: Optional[float] = None
+
+    @staticmethod
+    def _synchronize(args: Any) -> None:
+        if args.device.type != "cpu":  # queued kernels belong to the step they were launched in
+            torch.accelerator.synchronize()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._synchronize(args)
+        self._started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._started is not None:
+            self._synchronize(args)
+            self.durations.append(time.perf_counter() - self._started)
+            self._started = None
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.durations) if self.durations else math.nan
+
+
+def given_options(argv: Sequence[str]) -> set[str]:
+    """Option names on a command line (`--sam-mode x` and `--sam_mode=x` both give `sam_mode`)."""
+    return {arg[2:].split("=", 1)[0].replace("-", "_") for arg in argv if arg.startswith("--")}
+
+
+def apply_optimizer(optimizer: str, training_args: KSAMConfig, given: set[str]) -> None:
+    """Set `sam_mode` and `optim` from `--optimizer`; refuse an explicit `--sam_mode`/`--optim` that disagrees."""
+    sam_mode = OPTIMIZERS[optimizer]
+    if "sam_mode" in given and training_args.sam_mode != sam_mode:
+        suggestion = "adamw or sgd" if training_args.sam_mode == "none" else training_args.sam_mode
+        raise ValueError(
+            f"--sam_mode {training_args.sam_mode} conflicts with --optimizer {optimizer} (which trains with "
+            f"sam_mode={sam_mode}). run_glue.py chooses the method with --optimizer: drop --sam_mode, "
+            f"or pass --optimizer {suggestion}.")
+    optim = OptimizerNames(training_args.optim).value
+    if "optim" in given:
+        if (optimizer == "adamw" and not optim.startswith("adamw")) or (optimizer == "sgd" and optim != "sgd"):
+            raise ValueError(f"--optim {optim} conflicts with --optimizer {optimizer}: drop --optim, or use "
+                             "--optimizer sam/ksam to wrap another base optimizer.")
+    else:
+        optim = DEFAULT_OPTIM[optimizer]
+    training_args.sam_mode = sam_mode
+    training_args.optim = OptimizerNames(optim)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[ModelArguments, DataTrainingArguments, KSAMConfig]:
+    """The three argument dataclasses, from the command line or from a single `.json` file."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, KSAMConfig))
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        path = Path(argv[0]).resolve()
+        given = set(json.loads(path.read_text()))
+        model_args, data_args, training_args = parser.parse_json_file(json_file=path)
+    else:
+        given = given_options(argv)
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    apply_optimizer(data_args.optimizer, training_args, given)
+    return model_args, data_args, training_args
+
+
+def load_raw_datasets(model_args: ModelArguments, data_args: DataTrainingArguments,
+                      training_args: KSAMConfig) -> DatasetDict:
+    """The task's splits: GLUE offline (--glue_dir), GLUE or another dataset from the Hub, or local files."""
+    if data_args.task_name is not None:
+        task = glue_task(data_args.task_name)
+        if data_args.glue_dir:
+            needed = (["train"] if training_args.do_train else []) \
+                + (list(task.eval_splits) if training_args.do_eval else []) \
+                + (list(task.test_splits) if training_args.do_predict else [])
+            return load_glue_tsv(data_args.glue_dir, task.name, splits=needed)
+        return load_glue_hub(task.name, cache_dir=model_args.cache_dir, token=model_args.token)
+    if data_args.dataset_name is not None:
+        return load_dataset(data_args.dataset_name, data_args.dataset_config_name,
+                            cache_dir=model_args.cache_dir, token=model_args.token)
+    data_files = {"train": data_args.train_file, "validation": data_args.validation_file}
+    if training_args.do_predict:
+        if data_args.test_file is None:
+            raise ValueError("--do_predict without --task_name needs --test_file.")
+        data_files["test"] = data_args.test_file
+    extensions = {path.split(".")[-1] for path in data_files.values()}
+    if len(extensions) != 1:
+        raise ValueError(f"--train_file, --validation_file and --test_file must all be CSV or all JSON, "
+                         f"got {sorted(extensions)}.")
+    return load_dataset(extensions.pop(), data_files=data_files, cache_dir=model_args.cache_dir,
+                        token=model_args.token)
+
+
+def first(dataset: datasets.Dataset, count: Optional[int]) -> datasets.Dataset:
+    """The first `count` rows (all when `count` is None)."""
+    return dataset if count is None else dataset.select(range(min(count, len(dataset))))
+
+
+def write_predictions(path: Path, dataset: datasets.Dataset, predictions: np.ndarray,
+                      id2label: Optional[dict[int, str]]) -> None:
+    """A GLUE submission file: `index<TAB>prediction`, with label names (`id2label` of the model), or
+    scores to 3 decimals when `id2label` is None (regression)."""
+    indices = dataset["idx"] if "idx" in dataset.column_names else range(len(predictions))
+    with open(path, "w") as writer:
+        writer.write("index\tprediction\n")
+        for index, item in zip(indices, predictions):
+            writer.write(f"{index}\t{item:3.3f}\n" if id2label is None else f"{index}\t{id2label[int(item)]}\n")
+
+
+def record_settings(output_dir: str, settings: dict[str, Any]) -> None:
+    """Add the method's settings to `all_results.json`, next to the metrics `save_metrics` put there."""
+    path = Path(output_dir) / "all_results.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results.update(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=4, sort_keys=True))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    """Train, evaluate and predict as the arguments say; returns the contents of `all_results.json`."""
+    model_args, data_args, training_args = parse_args(argv)
+
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+                        datefmt="%m/%d/%Y %H:%M:%S", handlers=[logging.StreamHandler(sys.stdout)])
+    if training_args.should_log:
+        transformers.utils.logging.set_verbosity_info()
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    logger.warning(f"Process rank: {training_args.local_process_index}, device: {training_args.device}, "
+                   f"n_gpu: {training_args.n_gpu}, distributed: {training_args.parallel_mode.value == 'distributed'}")
+    logger.info(f"Training/evaluation parameters {training_args}")
+
+    # A checkpoint in the output directory means an interrupted run: resume it.
+    last_checkpoint = None
+    if (training_args.do_train and training_args.resume_from_checkpoint is None
+            and os.path.isdir(training_args.output_dir)):
+        last_checkpoint = get_last_checkpoint(training_args.output_dir)
+        if last_checkpoint is not None:
+            logger.info(f"Checkpoint detected, resuming training at {last_checkpoint}. Use another "
+                        "--output_dir to train from scratch.")
+
+    set_seed(training_args.seed)
+
+    raw_datasets = load_raw_datasets(model_args, data_args, training_args)
+
+    # Labels
+    task = glue_task(data_args.task_name) if data_args.task_name is not None else None
+    label_list: Optional[list] = None
+    if task is not None:
+        is_regression = task.is_regression
+        label_list = None if is_regression else list(task.label_names)
+    else:
+        reference = raw_datasets["train"]
+        is_regression = reference.features["label"].dtype in ("float32", "float64")
+        if not is_regression:
+            label_list = sorted(reference.unique("label"))
+    num_labels = 1 if is_regression else len(label_list)
+
+    # Model and tokenizer
+    config_kwargs = {"problem_type": "regression"} if is_regression else {}
+    config = AutoConfig.from_pretrained(
+        model_args.config_name or model_args.model_name_or_path, num_labels=num_labels,
+        finetuning_task=data_args.task_name, cache_dir=model_args.cache_dir, revision=model_args.model_revision,
+        token=model_args.token, trust_remote_code=model_args.trust_remote_code, **config_kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_args.tokenizer_name or model_args.model_name_or_path, cache_dir=model_args.cache_dir,
+        use_fast=model_args.use_fast_tokenizer, revision=model_args.model_revision, token=model_args.token,
+        trust_remote_code=model_args.trust_remote_code)
+    if data_args.max_seq_length > tokenizer.model_max_length:
+        raise ValueError(f"--max_seq_length {data_args.max_seq_length} is longer than the model's maximum "
+                         f"{tokenizer.model_max_length}: pass --max_seq_length {tokenizer.model_max_length} or less.")
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_args.model_name_or_path, config=config, cache_dir=model_args.cache_dir,
+        revision=model_args.model_revision, token=model_args.token,
+        trust_remote_code=model_args.trust_remote_code, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes)
+
+    # Text columns
+    if task is not None:
+        sentence1_key, sentence2_key = (task.text_columns + (None,))[:2]
+    else:
+        names = [name for name in raw_datasets["train"].column_names if name not in ("label", "idx")]
+        if "sentence1" in names and "sentence2" in names:
+            sentence1_key, sentence2_key = "sentence1", "sentence2"
+        else:
+            sentence1_key, sentence2_key = (names + [None])[:2]
+
+    # Label ids: keep a checkpoint's own label order when it was trained on the same labels.
+    label_to_id: Optional[dict] = None
+    if task is not None and not is_regression:
+        model_labels = {str(name).lower(): int(i) for name, i in model.config.label2id.items()}
+        if model.config.label2id != PretrainedConfig(num_labels=num_labels).label2id:
+            if sorted(model_labels) == sorted(label_list):
+                label_to_id = {i: model_labels[name] for i, name in enumerate(label_list)}
+            else:
+                logger.warning(f"The model's labels {sorted(model_labels)} do not match the task's "
+                               f"{sorted(label_list)}; ignoring the model's.")
+        if label_to_id is None:
+            model.config.label2id = {name: i for i, name in enumerate(label_list)}
+        else:
+            model.config.label2id = {label_list[i]: j for i, j in label_to_id.items()}
+        model.config.id2label = {i: name for name, i in model.config.label2id.items()}
+    elif task is None and not is_regression:
+        label_to_id = {value: i for i, value in enumerate(label_list)}
+        model.config.label2id = {str(value): i for value, i in label_to_id.items()}
+        model.config.id2label = {i: str(value) for value, i in label_to_id.items()}
+
+    padding = "max_length" if data_args.pad_to_max_length else False
+
+    def preprocess(examples: dict[str, list]) -> dict[str, list]:
+        texts = [examples[sentence1_key]] + ([] if sentence2_key is None else [examples[sentence2_key]])
+        result = tokenizer(*texts, padding=padding, max_length=data_args.max_seq_length, truncation=True)
+        if "original_label" in examples:
+            # -1 (GLUE) or None (a CSV test file without labels) marks an unlabelled example
+            result["label"] = [-1 if label in (-1, None) else label_to_id[label]
+                               for label in examples["original_label"]]
+        return result
+
+    def tokenize(dataset: datasets.Dataset) -> datasets.Dataset:
+        relabel = label_to_id is not None and "label" in dataset.column_names
+        if relabel:
+            # Remapped labels go to a new `label` column: `map` would keep the type of the old one
+            # (a CSV's label names as strings) for a column of the same name.
+            dataset = dataset.rename_column("label", "original_label")
+        return dataset.map(preprocess, batched=True, remove_columns=["original_label"] if relabel else None,
+                           load_from_cache_file=not data_args.overwrite_cache, desc="Running tokenizer on dataset")
+
+    # Cut to the requested sizes first, then tokenize only what is used.
+    eval_names = list(task.eval_splits) if task is not None else ["validation"]
+    test_names = list(task.test_splits) if task is not None else ["test"]
+    wanted = {}
+    if training_args.do_train:
+        if "train" not in raw_datasets:
+            raise ValueError("--do_train needs a training split.")
+        wanted["train"] = first(raw_datasets["train"], data_args.max_train_samples)
+    if training_args.do_eval:
+        if eval_names[0] not in raw_datasets:
+            raise ValueError("--do_eval needs a validation split.")
+        wanted.update({name: first(raw_datasets[name], data_args.max_eval_samples) for name in eval_names})
+    if training_args.do_predict:
+        if test_names[0] not in raw_datasets:
+            raise ValueError("--do_predict needs a test split.")
+        wanted.update({name: first(raw_datasets[name], data_args.max_predict_samples) for name in test_names})
+    with training_args.main_process_first(desc="dataset map pre-processing"):
+        processed = DatasetDict({name: tokenize(dataset) for name, dataset in wanted.items()})
+    train_dataset = processed.get("train")
+    if train_dataset is not None:
+        for index in random.sample(range(len(train_dataset)), min(3, len(train_dataset))):
+            logger.info(f"Sample {index} of the training set: {train_dataset[index]}.")
+
+    if data_args.pad_to_max_length:
+        data_collator = default_data_collator
+    else:
+        multiple = 8 if training_args.fp16 or training_args.bf16 else None
+        data_collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)
+
+    step_timer = StepTimer()
+    trainer = KSAMTrainer(
+        model=model, args=training_args, train_dataset=train_dataset,
+        eval_dataset=processed[eval_names[0]] if training_args.do_eval else None,
+        compute_metrics=make_compute_metrics(data_args.task_name, is_regression),
+        processing_class=tokenizer, data_collator=data_collator, callbacks=[step_timer])
+
+    if training_args.do_train:
+        checkpoint = training_args.resume_from_checkpoint or last_checkpoint
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        metrics = train_result.metrics
+        metrics["train_samples"] = len(train_dataset)
+        metrics["train_steps"] = train_result.global_step
+        metrics["train_median_step_time"] = step_timer.median
+        trainer.save_model()  # the tokenizer too
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        trainer.save_state()
+
+    if training_args.do_eval:
+        logger.info("*** Evaluate ***")
+        combined: dict[str, float] = {}
+        for name in eval_names:  # MNLI: matched, then mismatched (keys suffixed `_mm`)
+            metrics = trainer.evaluate(eval_dataset=processed[name])
+            metrics["eval_samples"] = len(processed[name])
+            if name == "validation_mismatched":
+                metrics = {f"{key}_mm": value for key, value in metrics.items()}
+            combined.update(metrics)
+            trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", combined)
+
+    if training_args.do_predict:
+        logger.info("*** Predict ***")
+        for name in test_names:  # MNLI: matched, then mismatched (`predict_results_mnli-mm.txt`)
+            dataset = processed[name]
+            if "label" in dataset.column_names:  # -1 there; nothing to score
+                dataset = dataset.remove_columns("label")
+            logits = trainer.predict(dataset, metric_key_prefix="predict").predictions
+            predictions = predictions_from_logits(logits, is_regression)
+            suffix = data_args.task_name or "test"
+            if name == "test_mismatched":
+                suffix += "-mm"
+            if trainer.is_world_process_zero():
+                path = Path(training_args.output_dir) / f"predict_results_{suffix}.txt"
+                write_predictions(path, dataset, predictions, None if is_regression else model.config.id2label)
+                logger.info(f"Predict results of {name} written to {path}")
+
+    settings = {"optimizer": data_args.optimizer, "optim": OptimizerNames(training_args.optim).value,
+                "sam_mode": training_args.sam_mode, "sam_rho": training_args.sam_rho, "ksam_k": training_args.ksam_k,
+                "sam_adaptive": training_args.sam_adaptive,
+                "ksam_selection": training_args.ksam_selection}
+    if trainer.is_world_process_zero():
+        record_settings(training_args.output_dir, settings)
+
+    if training_args.push_to_hub:
+        kwargs = {"finetuned_from": model_args.model_name_or_path, "tasks": "text-classification"}
+        if task is not None:
+            kwargs.update(language="en", dataset_tags="glue", dataset_args=task.name,
+                          dataset=f"GLUE {task.name.upper()}")
+        trainer.push_to_hub(**kwargs)
+
+    path = Path(training_args.output_dir) / "all_results.json"
+    return json.loads(path.read_text()) if path.exists() else settings
+
+
+if __name__ == "__main__":
+    main()
