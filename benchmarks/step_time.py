@@ -93,6 +93,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=30, help="timed rounds (one step of every runner per round)")
     p.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
     p.add_argument("--ks", type=float, nargs="+", default=[0.1, 0.25, 0.5], help="K-SAM k, fractions of the batch")
+    p.add_argument("--variants", nargs="*", default=["no_dropout_rank", "previous_loss"],
+                   choices=["no_dropout_rank", "previous_loss"],
+                   help="also time K-SAM at k=0.25 with ksam_rank_without_dropout=True (no_dropout_rank) and with "
+                        "ksam_selection='previous_loss' (previous_loss: every example has a remembered loss, so "
+                        "the step skips the ranking forward pass)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--rho", type=float, default=0.05)
@@ -177,12 +182,15 @@ def make_batches(args: argparse.Namespace, model: torch.nn.Module, device: torch
         batches = fixed_batches(args, model.config.vocab_size, min(count, 16))
     else:
         batches = rte_batches(args, count)
-    return [{k: v.to(device) for k, v in b.items()} for b in batches]
+    size = args.batch_size
+    return [{**{k: v.to(device) for k, v in b.items()}, "idx": torch.arange(i * size, (i + 1) * size, device=device)}
+            for i, b in enumerate(batches)]
 
 
 # ----------------------------------------------------------------------------------------- runners
-def make_trainer(model: torch.nn.Module, mode: str, k: float, args: argparse.Namespace, output_dir: str):
-    config = KSAMConfig(output_dir=output_dir, sam_mode=mode, ksam_k=k, sam_rho=args.rho,
+def make_trainer(model: torch.nn.Module, mode: str, k: float, args: argparse.Namespace, output_dir: str,
+                 **options: Any):
+    config = KSAMConfig(output_dir=output_dir, sam_mode=mode, ksam_k=k, sam_rho=args.rho, **options,
                         max_grad_norm=MAX_GRAD_NORM, use_cpu=args.device == "cpu", report_to="none",
                         seed=args.seed, per_device_train_batch_size=args.batch_size, save_strategy="no",
                         logging_strategy="no", disable_tqdm=True)
@@ -196,16 +204,29 @@ class MethodRunner:
 
     kind = "method"
 
-    def __init__(self, name: str, mode: str, k: Optional[float], trainer):
-        self.name, self.mode, self.k = name, mode, k
+    def __init__(self, name: str, mode: str, k: Optional[float], trainer, ranking: str = "forward"):
+        self.name, self.mode, self.k, self.ranking = name, mode, k, ranking
         self.trainer, self.model, self.optimizer = trainer, trainer.model, trainer.optimizer
 
     def step(self, batch: dict[str, torch.Tensor]) -> None:
         trainer = self.trainer
+        if self.ranking == "memory":
+            # What a later epoch sees: every example has a loss from its previous visit (the values do not
+            # matter for the time; they are drawn once per example).
+            ids = batch["idx"]
+            if not bool(torch.isfinite(trainer._loss_memory.lookup(ids)).all()):
+                trainer._loss_memory.update(ids, torch.rand(ids.numel(), generator=torch.Generator().manual_seed(
+                    int(ids[0]))))
+        else:
+            batch = without_ids(batch)
         trainer.training_step(self.model, batch)
         trainer.accelerator.clip_grad_norm_(self.model.parameters(), MAX_GRAD_NORM)
         self.optimizer.step()
         self.model.zero_grad(set_to_none=True)
+
+
+def without_ids(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {key: value for key, value in batch.items() if key != "idx"}
 
 
 class BoundRunner:
@@ -215,11 +236,12 @@ class BoundRunner:
 
     def __init__(self, method: MethodRunner):
         self.name, self.mode, self.k = f"bound:{method.name}", method.mode, method.k
+        self.ranking, self.method = method.ranking, method
         self.model, self.optimizer = method.model, method.optimizer
         self.params = [p for p in self.model.parameters() if p.requires_grad]
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        inputs = {key: value for key, value in batch.items() if key != "labels"}
+        inputs = {key: value for key, value in batch.items() if key not in ("labels", "idx")}
         return F.cross_entropy(self.model(**inputs).logits.float(), batch["labels"])
 
     def step(self, batch: dict[str, torch.Tensor]) -> None:
@@ -229,12 +251,18 @@ class BoundRunner:
         else:
             if self.mode == "ksam":
                 size = batch["labels"].shape[0]
-                with torch.no_grad():
-                    inputs = {key: value for key, value in batch.items() if key != "labels"}
-                    logits = self.model(**inputs).logits.float()
-                    losses = F.cross_entropy(logits, batch["labels"], reduction="none")
+                if self.ranking == "memory":
+                    losses = self.method.trainer._loss_memory.lookup(batch["idx"])
+                else:
+                    self.model.train(self.ranking != "eval")
+                    with torch.no_grad():
+                        inputs = {key: value for key, value in batch.items() if key not in ("labels", "idx")}
+                        logits = self.model(**inputs).logits.float()
+                        losses = F.cross_entropy(logits, batch["labels"], reduction="none")
+                    self.model.train()
                 indices = top_k_indices(losses, torch.ones_like(losses), resolve_k(self.k, size))
-                batch = trim_padding(select_rows(batch, indices, size), decoder_labels=False)
+                batch = trim_padding(select_rows(batch, indices.to(batch["labels"].device), size),
+                                     decoder_labels=False)
             grads = torch.autograd.grad(self._loss(batch), self.params)
             del grads
             self._loss(batch).backward()
@@ -251,6 +279,14 @@ def build_runners(args: argparse.Namespace, base: torch.nn.Module, device: torch
         model = copy.deepcopy(base).to(device)
         methods.append(MethodRunner(name, mode, k, make_trainer(model, mode, k if k is not None else 0.25,
                                                                 args, output_dir)))
+    variants = {"no_dropout_rank": ("eval", {"ksam_rank_without_dropout": True}),
+                "previous_loss": ("memory", {"ksam_selection": "previous_loss"})}
+    for variant in args.variants:
+        ranking, options = variants[variant]
+        model = copy.deepcopy(base).to(device)
+        k = KSAM_VS_ADAMW_K
+        methods.append(MethodRunner(f"ksam@{k:g}+{variant}", "ksam", k,
+                                    make_trainer(model, "ksam", k, args, output_dir, **options), ranking))
     bounds = [] if args.no_bound else [BoundRunner(m) for m in methods]
     return methods, bounds
 
@@ -404,6 +440,9 @@ def labelled_phases(trainer):
 
 def profiled_step(runner, batch) -> Callable[[], None]:
     from torch.profiler import record_function
+
+    if getattr(runner, "ranking", "forward") != "memory":
+        batch = without_ids(batch)
 
     def step():
         trainer, model = runner.trainer, runner.model
