@@ -179,8 +179,8 @@ def summarize(rows: list[dict], args: ReproductionArguments) -> pd.DataFrame:
                 cells.append("—")
                 continue
             row = row.iloc[0]
-            std = 0.0 if pd.isna(row["std"]) else row["std"]
-            cells.append(f"{100 * row['mean']:.1f} ± {100 * std:.1f} (n={row['n']})")
+            spread = "" if pd.isna(row["std"]) else f" ± {100 * row['std']:.1f}"
+            cells.append(f"{100 * row['mean']:.1f}{spread} (n={row['n']})")
             means.append(row["mean"])
             times.append(row["runtime"])
             ratios.append(row["time_vs_base"])
