@@ -8,6 +8,7 @@ scheduling, logging and checkpointing, so every Trainer feature keeps working.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, fields
 from types import SimpleNamespace
 from typing import Any, Optional, Union
@@ -15,6 +16,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 from transformers import Seq2SeqTrainer, Trainer, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .config import KSAMConfig, resolve_k, validate_sam_fields
 from .loss_memory import ExampleLossMemory
@@ -27,6 +29,8 @@ EXAMPLE_LEVEL_HEADS = ("sequence_classification", "multiple_choice", "question_a
 PADDING_AGNOSTIC_HEADS = TOKEN_LEVEL_HEADS + ("sequence_classification", "multiple_choice")
 """Heads whose loss does not change when trailing padding is cut (not QA: its softmax runs over
 every position, padding included, as the models compute it)."""
+LOSS_MEMORY_FILE = "ksam_loss_memory_{}.pt"
+"""Checkpoint file (per process) of the losses remembered for `ksam_selection="previous_loss"`."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,7 @@ class SharpnessAwareStepMixin:
         if self.sam.mode == "ksam":
             kept, full_loss = self._select_top_k(model, inputs)
             if kept is None:  # no example in this micro-batch has a label
+                self._join_other_processes(model, inputs)
                 self._finish_micro_batch(0.0)
                 return full_loss.detach() / accumulation_steps
         else:
@@ -224,6 +229,24 @@ class SharpnessAwareStepMixin:
             kept = trim_padding(kept, decoder_labels=self._head == "seq2seq_lm")
         return kept, full_loss
 
+    def _join_other_processes(self, model: nn.Module, inputs: dict[str, Any]) -> None:
+        """Take part, with zero gradients, in what the other processes all-reduce in this step.
+
+        A process that skipped its unlabelled micro-batch would leave the others waiting for ever
+        in DDP's gradient all-reduce (the backward of the step's last micro-batch) and in
+        `sam_sync_ascent`'s all-reduce of the ascent gradient.
+        """
+        if self.accelerator.num_processes == 1:
+            return
+        if self.sam.sync_ascent:
+            params = [p for p in model.parameters() if p.requires_grad]
+            with self.accelerator.no_sync(model):
+                sums, _ = self._per_example_losses(model, inputs)
+                grads = torch.autograd.grad(sums.sum() * 0.0, params, allow_unused=True)
+            self.accelerator.reduce([g for g in grads if g is not None], reduction="mean")
+        sums, _ = self._per_example_losses(model, inputs)
+        self.accelerator.backward(sums.sum() * 0.0)
+
     def _remembered_losses(self, inputs: dict[str, Any]) -> Optional[torch.Tensor]:
         """The remembered losses of every example in the batch, or None if any is unknown."""
         if self._loss_memory is None:
@@ -284,6 +307,27 @@ class SharpnessAwareStepMixin:
         if scaler is not None and scaler.is_enabled():
             return float(scaler.get_scale())
         return 1.0
+
+    def _inner_training_loop(self, *args: Any, **kwargs: Any):
+        # The loop starts from zeroed gradients; a step that failed part-way (out of memory, which
+        # `auto_find_batch_size` answers by restarting this loop) must not leave its count behind.
+        self._accumulated_items = 0.0
+        return super()._inner_training_loop(*args, **kwargs)
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """The Trainer's checkpoint, plus the remembered losses (`ksam_selection="previous_loss"`)."""
+        super()._save_checkpoint(model, trial)
+        if self._loss_memory is not None:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            os.makedirs(folder, exist_ok=True)
+            torch.save(self._loss_memory.losses, os.path.join(folder, LOSS_MEMORY_FILE.format(self.args.process_index)))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Optional[nn.Module] = None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = os.path.join(resume_from_checkpoint, LOSS_MEMORY_FILE.format(self.args.process_index))
+        if self._loss_memory is not None and os.path.isfile(path):
+            self._loss_memory.losses = torch.load(path, weights_only=True)
 
     # ----------------------------------------------------------------------------- logging
     def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:

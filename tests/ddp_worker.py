@@ -1,0 +1,120 @@
+"""One process of the multi-process tests in `tests/test_distributed.py` (run it under torchrun).
+
+For each configuration named on the command line, every process trains a tiny model (dropout off,
+`tests/tiny_models.py`) with `KSAMTrainer.train()` for one optimizer step and saves, with
+`torch.save`, to `<out>/<config>_rank<rank>.pt`:
+
+- `seen`: the micro-batches the training loop handed to this process's `training_step`;
+- `grads`: `p.grad` at `on_pre_optimizer_step` (after DDP's all-reduce, before the update);
+- `before` / `after`: the weights before `train()` and after the step;
+- `log_history`, `world_size`, `distributed_type`, `wrapped` (the class the Trainer trained).
+
+The test process recomputes the expected gradients by hand from `seen`. The optimizer is plain SGD
+at a constant learning rate, so `after = before - lr * grads` can be checked as well.
+
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_worker.py --out DIR ksam sam_ga2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+if __package__ in (None, ""):  # run as a script: make `tests.*` and `ksam_hf` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from transformers import TrainerCallback  # noqa: E402
+
+from ksam_hf import KSAMConfig, KSAMTrainer  # noqa: E402
+from tests.tiny_models import make_case  # noqa: E402
+
+PER_DEVICE_BATCH = 4
+DATASET_SIZE = 16
+LEARNING_RATE = 0.1
+
+CONFIGS = {
+    # name: (tiny_models case, seed, KSAMConfig fields)
+    "ksam": ("seqcls_single", 21, dict(sam_mode="ksam", ksam_k=2, gradient_accumulation_steps=1)),
+    "ksam_ga2": ("causal_lm", 22, dict(sam_mode="ksam", ksam_k=2, gradient_accumulation_steps=2)),
+    "sam_ga2": ("seqcls_single", 23, dict(sam_mode="sam", gradient_accumulation_steps=2)),
+    "ksam_sync": ("seqcls_single", 24, dict(sam_mode="ksam", ksam_k=2, sam_sync_ascent=True,
+                                            gradient_accumulation_steps=1)),
+    "ksam_sync_ga2": ("token", 25, dict(sam_mode="ksam", ksam_k=2, sam_sync_ascent=True,
+                                        gradient_accumulation_steps=2)),
+    # Rank 1's micro-batch has no labelled token (sequential sampling: rank 0 gets rows 0-3, rank 1 rows 4-7).
+    "unlabelled_rank": ("token", 26, dict(sam_mode="ksam", ksam_k=2, gradient_accumulation_steps=1,
+                                          train_sampling_strategy="sequential")),
+    "unlabelled_rank_ksam_sync": ("token", 28, dict(sam_mode="ksam", ksam_k=2, sam_sync_ascent=True,
+                                                    gradient_accumulation_steps=1,
+                                                    train_sampling_strategy="sequential")),
+    "unlabelled_rank_sam_sync": ("token", 27, dict(sam_mode="sam", sam_sync_ascent=True,
+                                                   gradient_accumulation_steps=1,
+                                                   train_sampling_strategy="sequential")),
+}
+
+
+def dataset_for(name: str):
+    case, seed, _ = CONFIGS[name]
+    model, batch = make_case(case, batch_size=DATASET_SIZE, seed=seed)
+    if name.startswith("unlabelled_rank"):
+        batch["labels"][PER_DEVICE_BATCH:] = -100
+    return model, [{k: v[i] for k, v in batch.items()} for i in range(DATASET_SIZE)]
+
+
+def stack(features: list[dict]) -> dict:
+    return {k: torch.stack([f[k] for f in features]) for k in features[0]}
+
+
+class GradientAtStep(TrainerCallback):
+    def __init__(self):
+        self.grads = None
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.grads = {n: None if p.grad is None else p.grad.detach().clone() for n, p in model.named_parameters()}
+
+
+class RecordingTrainer(KSAMTrainer):
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self.seen = getattr(self, "seen", []) + [{k: v.detach().clone() for k, v in inputs.items()}]
+        return super().training_step(model, inputs, num_items_in_batch)
+
+
+def run(name: str, out: str) -> None:
+    _, _, sam = CONFIGS[name]
+    model, dataset = dataset_for(name)
+    callback = GradientAtStep()
+    args = KSAMConfig(output_dir=os.path.join(out, "trainer_" + name), report_to="none", use_cpu=True,
+                      max_steps=1, per_device_train_batch_size=PER_DEVICE_BATCH, max_grad_norm=0.0,
+                      optim="sgd", learning_rate=LEARNING_RATE, lr_scheduler_type="constant", weight_decay=0.0,
+                      logging_steps=1, save_strategy="no", seed=0, disable_tqdm=True, sam_rho=0.05, **sam)
+    trainer = RecordingTrainer(model=model, args=args, train_dataset=dataset, data_collator=stack,
+                               callbacks=[callback])
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer.train()
+    rank = trainer.args.process_index
+    torch.save({
+        "seen": trainer.seen,
+        "grads": callback.grads,
+        "before": before,
+        "after": {n: p.detach().clone() for n, p in trainer.model.named_parameters()},
+        "log_history": trainer.state.log_history,
+        "world_size": trainer.args.world_size,
+        "distributed_type": str(trainer.accelerator.distributed_type),
+        "wrapped": type(trainer.model_wrapped).__name__,
+    }, os.path.join(out, f"{name}_rank{rank}.pt"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("configs", nargs="+", choices=sorted(CONFIGS))
+    options = parser.parse_args()
+    for name in options.configs:
+        run(name, options.out)
+
+
+if __name__ == "__main__":
+    main()

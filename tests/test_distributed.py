@@ -1,0 +1,219 @@
+"""KSAMTrainer under DDP: two CPU processes (gloo), launched with torchrun, against gradients by hand.
+
+`tests/ddp_worker.py` runs one optimizer step per configuration in each process and saves what
+each process saw and the gradient it stepped with. Here the expected gradient is recomputed with
+plain autograd, independently of ksam_hf: per process, each micro-batch's examples are ranked by
+the model's own loss on each example alone, the top-k are kept, the weights are moved by
+rho * g / ||g|| (g: that process's own ascent gradient, or with `sam_sync_ascent` the mean of the
+processes' ascent gradients) and the descent gradient is taken there; a process's gradient is the
+mean over the kept examples (tokens) of its micro-batches; DDP then averages the processes.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil  # a dependency of accelerate
+import pytest
+import torch
+
+from tests.ddp_worker import CONFIGS, LEARNING_RATE, dataset_for
+from tests.test_ksam_step import ranked_by_own_loss, rows
+
+ROOT = Path(__file__).resolve().parents[1]
+WORLD = 2
+RHO = 0.05
+CONFIG_NAMES = ["ksam", "ksam_ga2", "sam_ga2", "ksam_sync", "ksam_sync_ga2"]
+EXTRA_CONFIGS = ["unlabelled_rank_sam_sync"]  # launched with the above, checked by their own tests
+
+
+def launch(out: Path, configs: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """torchrun --standalone --nproc_per_node 2 tests/ddp_worker.py; torchrun and its workers (which it
+    starts in sessions of their own) are killed if they outlive `timeout`."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               TOKENIZERS_PARALLELISM="false")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
+               str(ROOT / "tests" / "ddp_worker.py"), "--out", str(out), *configs]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        launcher = psutil.Process(process.pid)
+        for child in launcher.children(recursive=True) + [launcher]:
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
+        output, _ = process.communicate(timeout=30)
+        raise TimeoutError(f"torchrun did not finish in {timeout} s:\n{output[-3000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, output, None)
+
+
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    result = launch(out, CONFIG_NAMES + EXTRA_CONFIGS, timeout=150)
+    assert result.returncode == 0, result.stdout[-5000:]
+    return {name: [torch.load(out / f"{name}_rank{rank}.pt", weights_only=False) for rank in range(WORLD)]
+            for name in CONFIG_NAMES + EXTRA_CONFIGS}
+
+
+# ----------------------------------------------------------------------------- reference, by hand
+def model_grads(model, batch: dict) -> list:
+    """Gradient of the model's own loss on `batch` (None where a parameter is unused)."""
+    return list(torch.autograd.grad(model(**batch).loss, list(model.parameters()), allow_unused=True))
+
+
+def sam_step(grads: list) -> list:
+    norm = torch.sqrt(sum((g ** 2).sum() for g in grads if g is not None))
+    return [None if g is None else RHO * g / norm for g in grads]
+
+
+def grads_at(model, batch: dict, perturbation: list) -> list:
+    """Gradient of the model's own loss on `batch` at w + perturbation."""
+    moved = copy.deepcopy(model)
+    with torch.no_grad():
+        for p, e in zip(moved.parameters(), perturbation):
+            if e is not None:
+                p.add_(e)
+    return model_grads(moved, batch)
+
+
+def items(case: str, batch: dict) -> float:
+    """What the model's loss averages over: examples, or labelled (next) tokens."""
+    labels = batch["labels"]
+    if case == "causal_lm":
+        return float(labels[:, 1:].ne(-100).sum())
+    if case == "token":
+        return float(labels.ne(-100).sum())
+    return float(labels.shape[0])
+
+
+def kept_rows(model, micro: dict, sam: dict) -> dict:
+    if sam["sam_mode"] == "sam":
+        return micro
+    return rows(micro, ranked_by_own_loss(model, micro, sam["ksam_k"]))
+
+
+def weighted_mean(parts: list, weights: list) -> list:
+    total = sum(weights)
+    return [None if all(g[i] is None for g in parts) else
+            sum(w * (torch.zeros_like(next(x[i] for x in parts if x[i] is not None)) if g[i] is None else g[i])
+                for g, w in zip(parts, weights)) / total
+            for i in range(len(parts[0]))]
+
+
+def expected_gradient(name: str, model, seen_per_rank: list) -> list:
+    """The gradient every process should step with, computed from the micro-batches each one saw."""
+    case, _, sam = CONFIGS[name]
+    kept = [[kept_rows(model, micro, sam) for micro in seen] for seen in seen_per_rank]
+    per_rank = []
+    for rank, batches in enumerate(kept):
+        parts, weights = [], []
+        for step, batch in enumerate(batches):
+            if sam.get("sam_sync_ascent"):
+                # The same micro-step of every process, ascent gradients averaged before the SAM step.
+                ascents = [model_grads(model, kept[r][step]) for r in range(WORLD)]
+                perturbation = sam_step(weighted_mean(ascents, [1.0] * WORLD))
+            else:
+                perturbation = sam_step(model_grads(model, batch))
+            parts.append(grads_at(model, batch, perturbation))
+            weights.append(items(case, batch))
+        per_rank.append(weighted_mean(parts, weights))
+    return weighted_mean(per_rank, [1.0] * WORLD)
+
+
+# ----------------------------------------------------------------------------- tests
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_synced_gradient_is_the_mean_of_per_process_sam_gradients(name, ddp_results):
+    results = ddp_results[name]
+    case, _, sam = CONFIGS[name]
+    accumulation = sam["gradient_accumulation_steps"]
+    assert all(r["world_size"] == WORLD and r["wrapped"] == "DistributedDataParallel" for r in results)
+    assert all(len(r["seen"]) == accumulation for r in results)
+    # Data parallelism did shard the data: the processes saw different examples.
+    assert not torch.equal(results[0]["seen"][0]["input_ids"], results[1]["seen"][0]["input_ids"])
+
+    model, _ = dataset_for(name)
+    model.eval()  # dropout is off anyway; no batch-norm
+    names = [n for n, _ in model.named_parameters()]
+    for n, p in model.named_parameters():
+        assert torch.equal(p, results[0]["before"][n]), n
+    expected = dict(zip(names, expected_gradient(name, model, [r["seen"] for r in results])))
+
+    for rank, result in enumerate(results):
+        for n in names:
+            got = result["grads"][n]
+            if expected[n] is None:
+                assert got is None or torch.count_nonzero(got) == 0, (rank, n)
+            else:
+                torch.testing.assert_close(got, expected[n], rtol=1e-5, atol=1e-6, msg=f"rank {rank}: {n}")
+    for n in names:
+        # After the step every process holds the same weights, bit for bit: w - lr * (synced gradient).
+        assert torch.equal(results[0]["after"][n], results[1]["after"][n]), n
+        step = 0 if expected[n] is None else LEARNING_RATE * expected[n]
+        torch.testing.assert_close(results[0]["after"][n], results[0]["before"][n] - step, rtol=1e-5, atol=1e-6,
+                                   msg=n)
+    logs = [log for log in results[0]["log_history"] if "loss" in log]
+    assert logs[0]["sam_skipped_perturbations"] == 0 and logs[0]["sam_ascent_grad_norm"] > 0
+
+
+def test_sync_ascent_changes_the_gradient(ddp_results):
+    """The shared perturbation is not each process's own (else the test above proves nothing for it)."""
+    name = "ksam_sync"
+    results = ddp_results[name]
+    model, _ = dataset_for(name)
+    _, _, sam = CONFIGS[name]
+    own = []
+    for result in results:
+        batch = kept_rows(model, result["seen"][0], sam)
+        own.append(grads_at(model, batch, sam_step(model_grads(model, batch))))
+    unsynced = weighted_mean(own, [1.0, 1.0])
+    differences = [float((result_grad - g).abs().max()) for g, result_grad
+                   in zip(unsynced, results[0]["grads"].values()) if g is not None]
+    assert max(differences) > 1e-5
+
+
+def test_a_process_with_an_unlabelled_micro_batch_does_not_hang(tmp_path):
+    """K-SAM, rank 1's micro-batch has no labelled token. Expected: rank 1 adds a zero gradient (and,
+    with `sam_sync_ascent`, a zero ascent gradient, which leaves rank 0's direction unchanged), so
+    the step's gradient is rank 0's own K-SAM gradient halved by DDP's mean."""
+    names = ["unlabelled_rank", "unlabelled_rank_ksam_sync"]
+    result = launch(tmp_path, names, timeout=25)
+    assert result.returncode == 0, result.stdout[-5000:]
+    for name in names:
+        results = [torch.load(tmp_path / f"{name}_rank{rank}.pt", weights_only=False) for rank in range(WORLD)]
+        assert results[1]["seen"][0]["labels"].ne(-100).sum() == 0
+        model, _ = dataset_for(name)
+        batch = kept_rows(model, results[0]["seen"][0], CONFIGS[name][2])
+        expected = grads_at(model, batch, sam_step(model_grads(model, batch)))
+        for (n, got), want in zip(results[0]["grads"].items(), expected):
+            if want is not None:
+                torch.testing.assert_close(got, want / WORLD, rtol=1e-5, atol=1e-6, msg=f"{name}: {n}")
+        for n in results[0]["after"]:
+            assert torch.equal(results[0]["after"][n], results[1]["after"][n]), n
+
+
+def test_sam_sync_ascent_with_a_process_without_labels(ddp_results):
+    """SAM mode, rank 1 has no labelled token: its ascent loss is 0/0 = NaN, but its ascent gradient is
+    zero (the cross-entropy's ignored targets get a zero gradient), so rank 0's perturbation is not poisoned.
+
+    Expected: rank 0 perturbs along its own ascent gradient (the mean with rank 1's zeros points the
+    same way), rank 1 adds nothing, and DDP's mean halves rank 0's SAM gradient.
+    """
+    name = "unlabelled_rank_sam_sync"
+    results = ddp_results[name]
+    assert results[1]["seen"][0]["labels"].ne(-100).sum() == 0
+    logs = [log for log in results[0]["log_history"] if "loss" in log]
+    assert logs[0]["sam_skipped_perturbations"] == 0
+    model, _ = dataset_for(name)
+    batch = results[0]["seen"][0]
+    expected = [None if g is None else g / WORLD for g in grads_at(model, batch, sam_step(model_grads(model, batch)))]
+    for (n, got), want in zip(results[0]["grads"].items(), expected):
+        if want is not None:
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=n)
