@@ -26,10 +26,8 @@ import torch
 if __package__ in (None, ""):  # run as a script: make `tests.*` and `ksam_hf` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from transformers import TrainerCallback  # noqa: E402
-
 from ksam_hf import KSAMConfig, KSAMTrainer  # noqa: E402
-from tests.tiny_models import make_case  # noqa: E402
+from tests.tiny_models import GradientAtStep, make_case, recording, stack  # noqa: E402
 
 PER_DEVICE_BATCH = 4
 DATASET_SIZE = 16
@@ -64,22 +62,7 @@ def dataset_for(name: str):
     return model, [{k: v[i] for k, v in batch.items()} for i in range(DATASET_SIZE)]
 
 
-def stack(features: list[dict]) -> dict:
-    return {k: torch.stack([f[k] for f in features]) for k in features[0]}
-
-
-class GradientAtStep(TrainerCallback):
-    def __init__(self):
-        self.grads = None
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        self.grads = {n: None if p.grad is None else p.grad.detach().clone() for n, p in model.named_parameters()}
-
-
-class RecordingTrainer(KSAMTrainer):
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        self.seen = getattr(self, "seen", []) + [{k: v.detach().clone() for k, v in inputs.items()}]
-        return super().training_step(model, inputs, num_items_in_batch)
+RecordingTrainer = recording(KSAMTrainer)
 
 
 def run(name: str, out: str) -> None:

@@ -7,39 +7,15 @@ import json
 
 import pytest
 import torch
-from transformers import (HfArgumentParser, Trainer, TrainerCallback, TrainingArguments)
+from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 
 from ksam_hf import KSAMConfig, KSAMSeq2SeqConfig, KSAMSeq2SeqTrainer, KSAMTrainer
 from tests.test_ksam_step import (assert_gradients_equal, ranked_by_own_loss, reference_sam_gradient,
                                   rows)
-from tests.tiny_models import bert_config, make_case
+from tests.tiny_models import GradientAtStep, as_dataset, bert_config, make_case, recording, stack
 
 
-def as_dataset(batch: dict) -> list[dict]:
-    size = next(iter(batch.values())).shape[0]
-    return [{k: v[i] for k, v in batch.items()} for i in range(size)]
-
-
-def stack(features: list[dict]) -> dict:
-    return {k: torch.stack([f[k] for f in features]) for k in features[0]}
-
-
-class GradientAtStep(TrainerCallback):
-    """Keeps p.grad as the optimizer is about to step (after accumulation, before the update)."""
-
-    def __init__(self):
-        self.grads = None
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        self.grads = {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
-
-
-class RecordingTrainer(KSAMTrainer):
-    """Records the micro-batches the training loop hands to the step."""
-
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        self.seen = getattr(self, "seen", []) + [{k: v.clone() for k, v in inputs.items()}]
-        return super().training_step(model, inputs, num_items_in_batch)
+RecordingTrainer = recording(KSAMTrainer)
 
 
 def one_accumulated_step(model, batch, tmp_path, **sam):

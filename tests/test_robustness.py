@@ -14,8 +14,8 @@ from transformers import BertForSequenceClassification, TrainerCallback
 import ksam_hf.trainer as ksam_trainer
 from ksam_hf import KSAMConfig, KSAMTrainer
 from tests.test_ksam_step import assert_gradients_equal, ranked_by_own_loss, reference_sam_gradient, rows
-from tests.test_ksam_trainer import GradientAtStep, as_dataset, learnable_dataset, stack
-from tests.tiny_models import bert_config, make_case
+from tests.test_ksam_trainer import learnable_dataset
+from tests.tiny_models import GradientAtStep, as_dataset, bert_config, make_case, stack
 
 
 def weights(model) -> dict:

@@ -1,4 +1,5 @@
-"""Tiny randomly initialised models of every supported head, and padded batches for them.
+"""Tiny randomly initialised models of every supported head, padded batches for them, and the
+helpers that watch them train (recorded micro-batches, gradients at the optimizer step).
 
 Dropout is off everywhere, so that a gradient computed twice is the same gradient.
 """
@@ -6,6 +7,7 @@ Dropout is off everywhere, so that a gradient computed twice is the same gradien
 from __future__ import annotations
 
 import torch
+from transformers import TrainerCallback
 from transformers import (BartConfig, BartForConditionalGeneration, BertConfig, BertForMaskedLM,
                           BertForMultipleChoice, BertForQuestionAnswering, BertForSequenceClassification,
                           BertForTokenClassification, GPT2Config, GPT2LMHeadModel)
@@ -107,3 +109,35 @@ def make_case(name: str, batch_size: int = 6, seed: int = 0):
 
 CASES = ["seqcls_single", "seqcls_multi", "seqcls_regression", "token", "masked_lm", "causal_lm",
          "seq2seq", "multiple_choice", "qa"]
+
+
+def as_dataset(batch: dict) -> list[dict]:
+    """A batch as a list of examples (a map-style dataset for the Trainer)."""
+    size = next(iter(batch.values())).shape[0]
+    return [{k: v[i] for k, v in batch.items()} for i in range(size)]
+
+
+def stack(features: list[dict]) -> dict:
+    """Collate equally shaped examples."""
+    return {k: torch.stack([f[k] for f in features]) for k in features[0]}
+
+
+class GradientAtStep(TrainerCallback):
+    """Keeps p.grad as the optimizer is about to step (after accumulation and DDP's all-reduce)."""
+
+    def __init__(self):
+        self.grads = None
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.grads = {n: None if p.grad is None else p.grad.detach().clone() for n, p in model.named_parameters()}
+
+
+def recording(trainer_class: type) -> type:
+    """A subclass of `trainer_class` that records the micro-batches the training loop hands to the step."""
+
+    class Recording(trainer_class):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            self.seen = getattr(self, "seen", []) + [{k: v.detach().clone() for k, v in inputs.items()}]
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    return Recording
