@@ -206,17 +206,19 @@ def plot_score_vs_time(stats: pd.DataFrame, tasks: list[str], path: Path, baseli
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.2), squeeze=False)
+    colors = {method: f"C{i}" for i, method in enumerate(dict.fromkeys(stats.method))}
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         for row in stats[stats.task == task].itertuples():
             ax.errorbar(row.time_vs_base, 100 * row.mean, yerr=0 if pd.isna(row.std) else 100 * row.std,
-                        fmt="o", capsize=3, label=row.method)
+                        fmt="o", capsize=3, color=colors[row.method], label=row.method)
         ax.set_title(f"{task} ({MAIN_METRIC[task]})")
         ax.set_xlabel(f"training time / {baseline}")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("dev score x 100")
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
+    handles = [plt.Line2D([], [], marker="o", linestyle="", color=color) for color in colors.values()]
+    fig.legend(handles, list(colors), loc="lower center", ncol=len(colors), fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
