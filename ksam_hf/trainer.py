@@ -166,10 +166,11 @@ class SharpnessAwareStepMixin:
             kept, full_loss = inputs, None
 
         params = [p for p in model.parameters() if p.requires_grad]
+        loss_scale = self._loss_scale()  # read once: on CUDA each read is a host sync
         with self.accelerator.no_sync(model):
             sums, counts = self._per_example_losses(model, kept)
             ascent_loss = sums.sum() / counts.sum()
-            grads = torch.autograd.grad(ascent_loss * self._loss_scale(), params, allow_unused=True)
+            grads = torch.autograd.grad(ascent_loss * loss_scale, params, allow_unused=True)
         if full_loss is None:
             full_loss = ascent_loss.detach()
         self._sam_logs.add_kept(counts.numel(), ascent_loss.detach())
@@ -181,7 +182,7 @@ class SharpnessAwareStepMixin:
         if self.sam.sync_ascent and self.accelerator.num_processes > 1:
             perturbation = self.accelerator.reduce(perturbation, reduction="mean")
         norm = float(ascent_norm(perturbation, perturbed, self.sam.adaptive))
-        self._sam_logs.add_norm(norm / self._loss_scale())
+        self._sam_logs.add_norm(norm / loss_scale)
         perturb = math.isfinite(norm) and self.sam.rho > 0
         if not math.isfinite(norm):
             self._sam_logs.skipped += 1

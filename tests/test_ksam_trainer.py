@@ -131,7 +131,24 @@ def test_training_lowers_the_loss(mode, tmp_path):
 
 
 def test_bf16_on_cpu_trains(tmp_path):
-    trainer = train_learnable(tmp_path, sam_mode="ksam", bf16=True, num_train_epochs=2)
+    """bf16 autocast is really on in the SAM passes (the classifier computes in bf16), and training works."""
+    dtypes = []
+    original = KSAMTrainer._per_example_losses
+
+    def recording(self, model, inputs):
+        handle = self.accelerator.unwrap_model(model).classifier.register_forward_hook(
+            lambda module, args, output: dtypes.append(output.dtype))
+        try:
+            return original(self, model, inputs)
+        finally:
+            handle.remove()
+
+    KSAMTrainer._per_example_losses = recording
+    try:
+        trainer = train_learnable(tmp_path, sam_mode="ksam", bf16=True, num_train_epochs=2)
+    finally:
+        KSAMTrainer._per_example_losses = original
+    assert dtypes and set(dtypes) == {torch.bfloat16}
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
 
