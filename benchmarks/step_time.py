@@ -15,7 +15,9 @@ the passes the method cannot avoid:
     SAM:   two forward+backward over the batch (the first with torch.autograd.grad), clip + step
     K-SAM: one forward without gradients over the batch (per-example losses, top-k, the kept rows
            with their trailing padding trimmed by ksam_hf.selection), two forward+backward over
-           the k kept rows (the first with torch.autograd.grad), clip + step
+           the k kept rows (the first with torch.autograd.grad), clip + step. The ranking forward
+           runs in eval mode, as KSAMTrainer's does by default (train mode for the dropout_rank
+           variant; none for previous_loss).
 
 measured / bound - 1 is what the library adds on top (its bookkeeping, the perturbation's vector
 maths, copies, syncs). All runners (methods and bounds) are interleaved in one process: each round
@@ -73,6 +75,9 @@ BOUND_LIMIT = 1.05  # K-SAM measured / bound
 KSAM_VS_ADAMW_LIMIT = 0.85  # K-SAM at k = 25 % / AdamW
 KSAM_VS_ADAMW_K = 0.25
 SAM_VS_ADAMW_LIMIT = 2.0
+VARIANTS = {"dropout_rank": {"ksam_rank_without_dropout": False},
+            "previous_loss": {"ksam_selection": "previous_loss"}}
+"""K-SAM options other than the default ranking, timed at k = KSAM_VS_ADAMW_K."""
 MEMORY_SLACK = 0.01  # of the parameters' bytes: small tensors (losses, indices) differ between the steps
 MIB = 2.0 ** 20
 
@@ -93,9 +98,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=30, help="timed rounds (one step of every runner per round)")
     p.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
     p.add_argument("--ks", type=float, nargs="+", default=[0.1, 0.25, 0.5], help="K-SAM k, fractions of the batch")
-    p.add_argument("--variants", nargs="*", default=["no_dropout_rank", "previous_loss"],
-                   choices=["no_dropout_rank", "previous_loss"],
-                   help="also time K-SAM at k=0.25 with ksam_rank_without_dropout=True (no_dropout_rank) and with "
+    p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS),
+                   help="also time K-SAM at k=0.25 ranking in train mode as the paper does, with dropout "
+                        "(dropout_rank: ksam_rank_without_dropout=False), and with "
                         "ksam_selection='previous_loss' (previous_loss: every example has a remembered loss, so "
                         "the step skips the ranking forward pass)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -204,9 +209,13 @@ class MethodRunner:
 
     kind = "method"
 
-    def __init__(self, name: str, mode: str, k: Optional[float], trainer, ranking: str = "forward"):
-        self.name, self.mode, self.k, self.ranking = name, mode, k, ranking
+    def __init__(self, name: str, mode: str, k: Optional[float], trainer):
+        self.name, self.mode, self.k = name, mode, k
         self.trainer, self.model, self.optimizer = trainer, trainer.model, trainer.optimizer
+        if trainer.sam.selection == "previous_loss":
+            self.ranking = "memory"  # no ranking pass
+        else:
+            self.ranking = "eval" if trainer.sam.rank_without_dropout else "train"
 
     def step(self, batch: dict[str, torch.Tensor]) -> None:
         trainer = self.trainer
@@ -254,7 +263,7 @@ class BoundRunner:
                 if self.ranking == "memory":
                     losses = self.method.trainer._loss_memory.lookup(batch["idx"])
                 else:
-                    self.model.train(self.ranking != "eval")
+                    self.model.train(self.ranking == "train")
                     with torch.no_grad():
                         inputs = {key: value for key, value in batch.items() if key not in ("labels", "idx")}
                         logits = self.model(**inputs).logits.float()
@@ -279,14 +288,11 @@ def build_runners(args: argparse.Namespace, base: torch.nn.Module, device: torch
         model = copy.deepcopy(base).to(device)
         methods.append(MethodRunner(name, mode, k, make_trainer(model, mode, k if k is not None else 0.25,
                                                                 args, output_dir)))
-    variants = {"no_dropout_rank": ("eval", {"ksam_rank_without_dropout": True}),
-                "previous_loss": ("memory", {"ksam_selection": "previous_loss"})}
     for variant in args.variants:
-        ranking, options = variants[variant]
         model = copy.deepcopy(base).to(device)
         k = KSAM_VS_ADAMW_K
         methods.append(MethodRunner(f"ksam@{k:g}+{variant}", "ksam", k,
-                                    make_trainer(model, "ksam", k, args, output_dir, **options), ranking))
+                                    make_trainer(model, "ksam", k, args, output_dir, **VARIANTS[variant])))
     bounds = [] if args.no_bound else [BoundRunner(m) for m in methods]
     return methods, bounds
 

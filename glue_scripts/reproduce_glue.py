@@ -11,7 +11,8 @@ average over tasks, training time relative to AdamW) and `score_vs_time.png`.
 
 A method is `adamw`, `sgd`, `sam` or `ksam`, optionally with overrides after `@`:
 `ksam@k=0.1@rho=0.1@selection=previous_loss` (k = `ksam_k`, rho = `sam_rho`, selection =
-`ksam_selection`, adaptive = `sam_adaptive`). Used for the sweep of k and rho, too.
+`ksam_selection`, adaptive = `sam_adaptive`, rank_without_dropout = `ksam_rank_without_dropout`).
+Used for the sweep of k and rho, too.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ RUN_GLUE = Path(__file__).resolve().parent / "run_glue.py"
 MAIN_METRIC = {"cola": "matthews_correlation", "stsb": "combined_score", "mrpc": "combined_score",
                "qqp": "combined_score", "sst2": "accuracy", "mnli": "accuracy", "qnli": "accuracy",
                "rte": "accuracy", "wnli": "accuracy"}
-METHOD_KEYS = {"k": "ksam_k", "rho": "sam_rho", "selection": "ksam_selection", "adaptive": "sam_adaptive"}
+METHOD_KEYS = {"k": "ksam_k", "rho": "sam_rho", "selection": "ksam_selection", "adaptive": "sam_adaptive",
+               "rank_without_dropout": "ksam_rank_without_dropout"}
 
 
 @dataclass

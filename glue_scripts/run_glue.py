@@ -444,7 +444,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     settings = {"optimizer": data_args.optimizer, "optim": OptimizerNames(training_args.optim).value,
                 "sam_mode": training_args.sam_mode, "sam_rho": training_args.sam_rho, "ksam_k": training_args.ksam_k,
                 "sam_adaptive": training_args.sam_adaptive,
-                "ksam_selection": training_args.ksam_selection}
+                "ksam_selection": training_args.ksam_selection,
+                "ksam_rank_without_dropout": training_args.ksam_rank_without_dropout}
     if trainer.is_world_process_zero():
         record_settings(training_args.output_dir, settings)
 

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "step_time.py"
-METHODS = ["adamw", "sam", "ksam@0.1", "ksam@0.25", "ksam@0.5", "ksam@0.25+no_dropout_rank",
+METHODS = ["adamw", "sam", "ksam@0.1", "ksam@0.25", "ksam@0.5", "ksam@0.25+dropout_rank",
            "ksam@0.25+previous_loss"]
 
 
