@@ -89,12 +89,14 @@ class KSAMConfig(TrainingArguments):
             larger `sam_rho` than plain SAM (ASAM's authors use about 10x).
         ksam_selection (`str`, *optional*, defaults to `"forward"`):
             How K-SAM ranks a batch. `"forward"` (the paper's): a forward pass without gradients over
-            the whole batch. `"previous_loss"` (opt-in, ours): rank by the loss each example had at
-            its previous visit, which skips that forward whenever every example of the batch has
-            been seen; batches with unseen examples (the first epoch) are ranked by the forward
-            pass, and the kept examples' scores are refreshed from their ascent pass. Needs a stable
-            example id per row in the training set (`ksam_id_column`). See `docs/performance.md`
-            for what it gains and costs.
+            the whole batch. `"previous_loss"` (opt-in, ours): rank by each example's loss at its
+            previous visit, which skips that forward whenever every example of the batch has been
+            seen. The remembered score is relative (the loss over the mean loss of the batch it was
+            measured in), so that examples seen at different times compare fairly. Batches with
+            unseen examples (the first epoch) are ranked, and scored, by the forward pass; the kept
+            examples' scores are refreshed from their ascent pass. Needs a stable example id per
+            row in the training set (`ksam_id_column`). See `docs/performance.md` for what it
+            gains and costs.
         ksam_rank_without_dropout (`bool`, *optional*, defaults to `True`):
             Run K-SAM's ranking pass in eval mode: no dropout, so each example is ranked by its
             loss rather than by a noisy draw of it, and the pass is cheaper (no dropout masks, and

@@ -19,7 +19,7 @@ from transformers import Seq2SeqTrainer, Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .config import KSAMConfig, resolve_k, validate_sam_fields
-from .loss_memory import ExampleLossMemory
+from .loss_memory import ExampleLossMemory, estimated_batch_loss, refreshed_scores, relative_losses
 from .per_example_loss import (TOKEN_LEVEL_HEADS, PerExampleLoss, head_kind, label_keys,
                                per_example_loss_for)
 from .selection import select_rows, top_k_indices, trim_padding
@@ -156,8 +156,9 @@ class SharpnessAwareStepMixin:
         inputs = self._with_decoder_inputs(model, inputs)
         accumulation_steps = self.current_gradient_accumulation_steps or 1
 
+        kept_scores = None
         if self.sam.mode == "ksam":
-            kept, full_loss = self._select_top_k(model, inputs)
+            kept, full_loss, kept_scores = self._select_top_k(model, inputs)
             if kept is None:  # no example in this micro-batch has a label
                 self._join_other_processes(model, inputs)
                 self._finish_micro_batch(0.0)
@@ -171,11 +172,13 @@ class SharpnessAwareStepMixin:
             sums, counts = self._per_example_losses(model, kept)
             ascent_loss = sums.sum() / counts.sum()
             grads = torch.autograd.grad(ascent_loss * loss_scale, params, allow_unused=True)
+        if kept_scores is not None:  # ranked from memory: refresh the kept examples' scores
+            kept_losses = (sums / counts.clamp_min(1)).detach()
+            self._loss_memory.update(kept[self.sam.id_column], refreshed_scores(kept_scores, kept_losses))
+            full_loss = estimated_batch_loss(kept_losses, kept_scores)
         if full_loss is None:
             full_loss = ascent_loss.detach()
         self._sam_logs.add_kept(counts.numel(), ascent_loss.detach())
-        if self._loss_memory is not None:
-            self._loss_memory.update(kept[self.sam.id_column], (sums / counts.clamp_min(1)).detach())
         perturbed = [p for p, g in zip(params, grads) if g is not None]
         perturbation = [g for g in grads if g is not None]
         del grads, sums, ascent_loss
@@ -199,15 +202,17 @@ class SharpnessAwareStepMixin:
         return full_loss / accumulation_steps
 
     def _select_top_k(self, model: nn.Module, inputs: dict[str, Any]):
-        """Rank the micro-batch by per-example loss; the top-k rows (trimmed) and the batch's loss.
+        """Rank the micro-batch by per-example loss: the top-k rows (trimmed), the batch's loss, and
+        the kept rows' remembered scores (None unless ranked from memory).
 
         The ranking is a forward pass without gradients, or (`ksam_selection="previous_loss"`)
-        the losses remembered from the examples' previous visit when all of them have one.
+        the relative losses remembered from the examples' previous visit when all of them have one
+        (the batch's loss is then estimated after the ascent pass: None here).
         """
         remembered = self._remembered_losses(inputs)
         if remembered is not None:
             scores, counts = remembered, torch.ones_like(remembered)
-            full_loss = remembered.mean().to(self.args.device)
+            full_loss = None
             self._sam_logs.ranked_from_memory += 1
         else:
             try:
@@ -219,16 +224,16 @@ class SharpnessAwareStepMixin:
             scores = sums / counts.clamp_min(1)
             full_loss = sums.sum() / counts.sum().clamp_min(1)
             if self._loss_memory is not None:
-                self._loss_memory.update(inputs[self.sam.id_column], scores.masked_fill(counts == 0, float("nan")))
+                self._loss_memory.update(inputs[self.sam.id_column], relative_losses(scores, counts > 0))
         batch_size = counts.shape[0]
         indices = top_k_indices(scores, counts, resolve_k(self.sam.k, batch_size))
         if indices.numel() == 0:
             self._sam_logs.empty += 1
-            return None, full_loss
+            return None, full_loss, None
         kept = select_rows(inputs, indices, batch_size)
         if self._head in PADDING_AGNOSTIC_HEADS and not self._user_loss:
             kept = trim_padding(kept, decoder_labels=self._head == "seq2seq_lm")
-        return kept, full_loss
+        return kept, full_loss, (scores[indices.cpu()] if remembered is not None else None)
 
     def _join_other_processes(self, model: nn.Module, inputs: dict[str, Any]) -> None:
         """Take part, with zero gradients, in what the other processes all-reduce in this step.

@@ -308,22 +308,47 @@ def test_previous_loss_selection_ranks_by_remembered_losses(tmp_path):
     with torch.no_grad():
         for i in range(6):
             own[10 + i] = float(forward(**rows({k: v for k, v in batch.items() if k != "idx"}, [i])).loss)
+    # Remembered: each example's loss relative to the batch's mean per-example loss.
+    mean_own = sum(own.values()) / 6
     remembered = trainer._loss_memory.lookup(torch.arange(10, 16))
-    torch.testing.assert_close(remembered, torch.tensor([own[i] for i in range(10, 16)]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(remembered, torch.tensor([own[i] / mean_own for i in range(10, 16)]),
+                               rtol=1e-5, atol=1e-6)
 
-    # Now pretend rows 1 and 4 had the highest losses last time: the next step must keep them,
+    # Now pretend rows 1 and 4 had the highest scores last time: the next step must keep them,
     # without a ranking forward pass.
     trainer._loss_memory.update(torch.arange(10, 16), torch.tensor([0.1, 9.0, 0.2, 0.3, 8.0, 0.4]))
     grad_modes.clear()
     model.zero_grad(set_to_none=True)
-    trainer.training_step(model, dict(batch))
+    loss = trainer.training_step(model, dict(batch))
     assert grad_modes == [True, True]
     plain = {k: v for k, v in batch.items() if k != "idx"}
     model.forward = forward
     expected = reference_sam_gradient(model, rows(plain, [1, 4]), rho=0.05)
     assert_gradients_equal(model, expected)
+    # Their scores are refreshed in proportion to their current losses, keeping their mean (8.5);
+    # the logged loss estimates the batch's: their mean loss over their mean score.
+    kept_mean = (own[11] + own[14]) / 2
     refreshed = trainer._loss_memory.lookup(torch.tensor([11, 14]))
-    torch.testing.assert_close(refreshed, torch.tensor([own[11], own[14]]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(refreshed, torch.tensor([8.5 * own[11] / kept_mean, 8.5 * own[14] / kept_mean]),
+                               rtol=1e-5, atol=1e-6)
+    assert float(loss) == pytest.approx(kept_mean / 8.5, rel=1e-5)
+    untouched = trainer._loss_memory.lookup(torch.tensor([10, 12, 13, 15]))
+    torch.testing.assert_close(untouched, torch.tensor([0.1, 0.2, 0.3, 0.4]))
+
+
+def test_remembered_scores_are_relative_to_the_batch_they_were_measured_in():
+    """Two batches measured at different loss levels (early: all high; late: all low) compare fairly."""
+    from ksam_hf.loss_memory import estimated_batch_loss, refreshed_scores, relative_losses
+
+    early = relative_losses(torch.tensor([3.0, 1.0, 2.0, 7.0]), torch.tensor([True, True, True, False]))
+    late = relative_losses(torch.tensor([0.2, 0.6]), torch.tensor([True, True]))
+    torch.testing.assert_close(early[:3], torch.tensor([1.5, 0.5, 1.0]))
+    assert torch.isnan(early[3])  # unlabelled: never ranked from memory
+    torch.testing.assert_close(late, torch.tensor([0.5, 1.5]))  # the late hard example outranks the early easy one
+    torch.testing.assert_close(relative_losses(torch.zeros(3), torch.ones(3, dtype=torch.bool)), torch.zeros(3))
+    torch.testing.assert_close(refreshed_scores(torch.tensor([1.5, 1.0]), torch.tensor([0.1, 0.4])),
+                               torch.tensor([0.5, 2.0]))
+    assert float(estimated_batch_loss(torch.tensor([0.1, 0.4]), torch.tensor([1.5, 1.0]))) == pytest.approx(0.2)
 
 
 def test_previous_loss_selection_keeps_the_id_column_and_trains(tmp_path):
