@@ -11,7 +11,7 @@ common=(--model_name_or_path ../shared/models/all-MiniLM-L6-v2 --glue_dir ../sha
         --num_train_epochs 2 --learning_rate 1e-4
         --max_train_samples rte=1000 mrpc=1000 cola=1000 stsb=1000 sst2=1000
         --results_dir docs/results/glue --runs_dir runs/glue)
-all_methods=(adamw sam ksam ksam@rank_without_dropout=False ksam@selection=previous_loss@rank_without_dropout=False)
+all_methods=(adamw sam ksam ksam@rank_without_dropout=False ksam@selection=previous_loss)
 for seed in ${seeds[@]}; do
   python glue_scripts/reproduce_glue.py "${common[@]}" --seeds "$seed" --tasks rte mrpc cola --methods "${all_methods[@]}"
   python glue_scripts/reproduce_glue.py "${common[@]}" --seeds "$seed" --tasks stsb sst2 \
