@@ -21,6 +21,8 @@ def test_method_specs(tmp_path):
     assert rg.method_settings("adamw", args) == {"optimizer": "adamw"}
     assert rg.method_settings("ksam@k=0.1@rho=0.2@selection=previous_loss", args) == {
         "optimizer": "ksam", "sam_rho": "0.2", "ksam_k": "0.1", "ksam_selection": "previous_loss"}
+    assert rg.method_settings("ksam@rank_without_dropout=False", args) == {
+        "optimizer": "ksam", "sam_rho": "0.05", "ksam_k": "0.25", "ksam_rank_without_dropout": "False"}
     with pytest.raises(ValueError, match="--methods"):
         rg.method_settings("adam", args)
     with pytest.raises(ValueError, match="--methods"):
