@@ -10,12 +10,12 @@ comparable with one on the Hub data.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
-import pandas as pd
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset
 
 HUB_DATASET = "nyu-mll/glue"
@@ -134,40 +134,103 @@ def load_glue_tsv(glue_dir: Union[str, os.PathLike], name: str,
                         for split, path in paths.items()})
 
 
+class GlueFileError(ValueError):
+    """A GLUE file that cannot be read as its task expects. The message starts with `file:line:` (line
+    numbers as an editor shows them, the header counted), so that the damage can be found and fixed."""
+
+
 def _read_split(task: GlueTask, path: Path, labelled: bool) -> Dataset:
-    """One TSV file as a Hub-shaped `Dataset`.
+    """One TSV file as a Hub-shaped `Dataset`, every row checked.
 
     Quoting is off (the files hold stray `"` that a quoting reader merges rows over), empty fields
-    stay empty strings, and `utf-8-sig` drops MRPC's byte-order mark.
+    stay empty strings (CoLA's third column is mostly empty), and `utf-8-sig` drops MRPC's byte-order
+    mark. A row with a lost or an extra tab, a broken `index`, an unknown label or an STS-B score that
+    is not a number in 0..5 stops the load with its file and line: read on, it would train on
+    shifted columns, or (a `nan` score) to NaN weights.
     """
-    header_names = task.headerless_columns if labelled else None
-    table = pd.read_csv(path, sep="\t", quoting=3, keep_default_na=False, dtype=str, encoding="utf-8-sig",
-                        header=None if header_names else 0, names=header_names)
+    columns, rows = _read_tsv(path, task.headerless_columns if labelled else None)
     absent = [c for c in (*task.tsv_text_columns, *([task.tsv_label_column] if labelled else ()))
-              if c not in table.columns]
+              if c not in columns]
     if absent:
-        raise ValueError(f"{path}: expected column(s) {absent} for GLUE task {task.name!r}, "
-                         f"found {list(table.columns)}.")
-    rows = range(len(table))
-    if "index" in table.columns and not table["index"].astype(int).tolist() == list(rows):
-        # The Hub numbers rows from 0; an `index` that does not is a sign of merged or lost rows.
-        raise ValueError(f"{path}: the `index` column is not 0..{len(table) - 1}; the file is damaged "
-                         "or was rewritten with quoting on (rows merged).")
-    columns: dict[str, list] = {hub: table[tsv].tolist()
-                                for hub, tsv in zip(task.text_columns, task.tsv_text_columns)}
-    columns["label"] = ([_label_id(task, value, path) for value in table[task.tsv_label_column]]
-                        if labelled else [-1.0 if task.is_regression else -1] * len(table))
-    columns["idx"] = list(rows)
-    return Dataset.from_dict(columns, features=task.features)
+        raise GlueFileError(f"{path}: expected column(s) {absent} for GLUE task {task.name!r}, found {columns}.")
+    position = {name: i for i, name in enumerate(columns)}
+    index_column = position.get("index")
+    texts: dict[str, list[str]] = {hub: [] for hub in task.text_columns}
+    labels: list[Union[int, float]] = []
+    for row_id, (line, fields) in enumerate(rows):
+        if index_column is not None:
+            _check_index(fields[index_column], row_id, f"{path}:{line}")
+        for hub, tsv in zip(task.text_columns, task.tsv_text_columns):
+            texts[hub].append(fields[position[tsv]])
+        if labelled:
+            labels.append(_label_id(task, fields[position[task.tsv_label_column]], f"{path}:{line}"))
+    if not labelled:
+        labels = [-1.0 if task.is_regression else -1] * len(rows)
+    return Dataset.from_dict({**texts, "label": labels, "idx": list(range(len(rows)))}, features=task.features)
 
 
-def _label_id(task: GlueTask, value: str, path: Path) -> Union[int, float]:
-    """A TSV label as the Hub stores it: the class id (from a name or a digit), or STS-B's float."""
+def _read_tsv(path: Path, names: Optional[tuple[str, ...]]) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The column names (the header line, or `names` for a file without one) and the rows as
+    (line number, fields), each row checked to have one field per column.
+
+    Read by hand rather than with pandas, whose errors (`EmptyDataError`, `UnicodeDecodeError`, a
+    missing field read as NaN) name neither the file nor the line. Blank lines are skipped, as pandas
+    does, and a Windows line end is accepted.
+    """
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raw, start = error.object, error.start  # without the byte-order mark
+        line, column = raw.count(b"\n", 0, start) + 1, start - raw.rfind(b"\n", 0, start)
+        raise GlueFileError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[start]:02x} at column {column}); "
+                            "re-save the file as UTF-8 or download it again.") from None
+    if not text.strip():
+        raise GlueFileError(f"{path}: the file is empty; download it again (it should start with "
+                            f"{'a first row' if names else 'a header line'}).")
+    lines = ((number, line[:-1] if line.endswith("\r") else line)
+             for number, line in enumerate(text.split("\n"), start=1))
+    lines = ((number, line) for number, line in lines if line)
+    columns = list(names) if names else next(lines)[1].split("\t")
+    rows = []
+    for number, line in lines:
+        fields = line.split("\t")
+        if len(fields) != len(columns):
+            raise GlueFileError(f"{path}:{number}: {len(fields)} fields, expected {len(columns)} "
+                                f"({', '.join(columns)}); a tab was lost or added: fix the line or download "
+                                "the file again.")
+        rows.append((number, fields))
+    return columns, rows
+
+
+def _check_index(value: str, expected: int, where: str) -> None:
+    """The Hub numbers rows from 0; an `index` that does not is a sign of merged or lost rows."""
+    if not (value.isascii() and value.isdigit()):
+        raise GlueFileError(f"{where}: index {value!r} is not a whole number; the file is damaged: "
+                            "download it again.")
+    if int(value) != expected:
+        raise GlueFileError(f"{where}: index {value}, expected {expected}; the file is damaged or was "
+                            "rewritten with quoting on (rows merged): download it again.")
+
+
+def _label_id(task: GlueTask, value: str, where: str) -> Union[int, float]:
+    """A TSV label as the Hub stores it: the class id (from a name or a digit), or STS-B's score,
+    which must be a number in 0..5."""
     if task.label_names is None:
-        return float(value)
+        try:
+            score = float(value)
+        except ValueError:
+            raise GlueFileError(f"{where}: score {value!r} is not a number; STS-B scores are numbers "
+                                "in 0..5: fix the line or download the file again.") from None
+        if not math.isfinite(score):
+            raise GlueFileError(f"{where}: score {value!r} is not a finite number; STS-B scores are "
+                                "numbers in 0..5: fix the line or download the file again.")
+        if not 0.0 <= score <= 5.0:
+            raise GlueFileError(f"{where}: score {value!r} is outside 0..5, the range of STS-B scores: "
+                                "fix the line or download the file again.")
+        return score
     if value in task.label_names:
         return task.label_names.index(value)
-    if value.isdigit() and int(value) < len(task.label_names):
+    if value.isascii() and value.isdigit() and int(value) < len(task.label_names):
         return int(value)
-    raise ValueError(f"{path}: label {value!r} is not one of {list(task.label_names)} "
-                     f"(or their ids 0..{len(task.label_names) - 1}).")
+    raise GlueFileError(f"{where}: label {value!r} is not one of {list(task.label_names)} "
+                        f"(or their ids 0..{len(task.label_names) - 1}); fix the line or download the file again.")

@@ -8,7 +8,7 @@ The Trainer prefixes them with `eval_`.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
@@ -53,11 +53,21 @@ def predictions_from_logits(logits: np.ndarray | tuple, is_regression: bool) -> 
     return np.argmax(logits, axis=-1)
 
 
-def make_compute_metrics(task: Optional[str], is_regression: bool) -> Callable[[EvalPrediction], dict[str, float]]:
-    """`compute_metrics` for the Trainer: logits -> predictions -> `glue_metrics`."""
+def make_compute_metrics(task: Optional[str], is_regression: bool,
+                         model_to_task: Optional[Sequence[int]] = None) -> Callable[[EvalPrediction], dict[str, float]]:
+    """`compute_metrics` for the Trainer: logits -> predictions -> `glue_metrics`.
+
+    `model_to_task[i]` is the task's id of the model's label `i`, for a checkpoint that orders the
+    task's labels its own way. The Trainer hands over predictions and references in the model's ids;
+    they are scored in the task's, since F1 (MRPC, QQP) is that of the task's class 1.
+    """
+    mapping = None if model_to_task is None else np.asarray(model_to_task)
 
     def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
         predictions = predictions_from_logits(prediction.predictions, is_regression)
-        return glue_metrics(task, predictions, prediction.label_ids)
+        references = prediction.label_ids
+        if mapping is not None:
+            predictions, references = mapping[predictions], mapping[np.asarray(references)]
+        return glue_metrics(task, predictions, references)
 
     return compute_metrics

@@ -17,8 +17,12 @@ Used for the sweep of k and rho, too.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
+import os
+import statistics
 import subprocess
 import sys
 import time
@@ -27,14 +31,18 @@ from pathlib import Path
 from typing import Optional
 
 import pandas as pd
+from scipy import stats
 from transformers import HfArgumentParser
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from ksam_hf import KSAMConfig  # noqa: E402
+
+TASK_ORDER = ("rte", "mrpc", "cola", "stsb", "sst2", "qnli", "mnli", "qqp", "wnli")
+"""The order of the tables' columns."""
 RUN_GLUE = Path(__file__).resolve().parent / "run_glue.py"
 MAIN_METRIC = {"cola": "matthews_correlation", "stsb": "combined_score", "mrpc": "combined_score",
                "qqp": "combined_score", "sst2": "accuracy", "mnli": "accuracy", "qnli": "accuracy",
                "rte": "accuracy", "wnli": "accuracy"}
-METHOD_KEYS = {"k": "ksam_k", "rho": "sam_rho", "selection": "ksam_selection", "adaptive": "sam_adaptive",
-               "rank_without_dropout": "ksam_rank_without_dropout"}
 
 
 @dataclass
@@ -54,6 +62,8 @@ class ReproductionArguments:
     warmup_ratio: float = field(default=0.1, metadata={"help": "Warm-up, as a fraction of the steps."})
     weight_decay: float = 0.01
     max_seq_length: int = 128
+    group_by_length: bool = field(
+        default=True, metadata={"help": "Batches of examples of similar length (less padding; what the grid uses)."})
     sam_rho: float = 0.05
     ksam_k: str = "0.25"
     max_train_samples: list[str] = field(
@@ -63,23 +73,49 @@ class ReproductionArguments:
     summarize_only: bool = field(default=False, metadata={"help": "Rewrite the summary from results.jsonl."})
 
 
+OVERRIDABLE_TRAINING_FIELDS = ("learning_rate",)
+"""Fields of the training arguments a method spec may set besides the `KSAMConfig` SAM fields (a
+learning-rate grid is a list of methods, e.g. `adamw@learning_rate=5e-5`)."""
+
+
+def normalized(value: str) -> str:
+    """A number as the grid writes it (`1e-4` and `0.0001` are one setting); other text as given."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return str(int(number)) if number.is_integer() and number >= 1 else str(number)
+
+
 def method_settings(method: str, args: ReproductionArguments) -> dict[str, str]:
-    """run_glue.py arguments of a method spec such as `ksam@k=0.1@rho=0.1`."""
+    """run_glue.py arguments of a method spec such as `ksam@ksam_k=0.1@sam_rho=0.01`.
+
+    SAM methods get every `KSAMConfig` field that applies to them written out (the grid's
+    `sam_rho`/`ksam_k`, the library's defaults for the rest, then the spec's overrides), so that a
+    run's key does not change when a library default does. A grid that must outlive a change of
+    default names the field in its specs.
+    """
     name, *overrides = method.split("@")
     if name not in ("adamw", "sgd", "sam", "ksam"):
         raise ValueError(f"--methods: unknown method {name!r} in {method!r}: use adamw, sgd, sam or ksam.")
     settings = {"optimizer": name}
+    sam_fields = {f.name: f.default for f in dataclasses.fields(KSAMConfig)
+                  if f.name in KSAMConfig.sam_field_names() and f.name != "sam_mode"}
     if name in ("sam", "ksam"):
-        settings["sam_rho"] = str(args.sam_rho)
-    if name == "ksam":
-        settings["ksam_k"] = args.ksam_k
+        for field_name, default in sam_fields.items():
+            if name == "ksam" or not field_name.startswith("ksam_"):
+                settings[field_name] = normalized(str(default))
+        settings["sam_rho"] = normalized(str(args.sam_rho))
+        if name == "ksam":
+            settings["ksam_k"] = normalized(args.ksam_k)
+    allowed = list(sam_fields) + list(OVERRIDABLE_TRAINING_FIELDS)
     for override in overrides:
         key, _, value = override.partition("=")
-        if key not in METHOD_KEYS or not value:
-            raise ValueError(f"--methods: {override!r} in {method!r} is not one of "
-                             f"{', '.join(k + '=VALUE' for k in METHOD_KEYS)}.")
-        settings[METHOD_KEYS[key]] = value
-    return settings
+        if key not in allowed or not value:
+            raise ValueError(f"--methods: {override!r} in {method!r} is not FIELD=VALUE for one of "
+                             f"{', '.join(allowed)}.")
+        settings[key] = normalized(value)
+    return {key: value for key, value in settings.items() if value != "None"}
 
 
 def task_caps(args: ReproductionArguments) -> dict[str, int]:
@@ -98,12 +134,14 @@ def run_settings(task: str, method: str, seed: int, args: ReproductionArguments)
         "model_name_or_path": args.model_name_or_path, "task_name": task,
         "max_seq_length": str(args.max_seq_length), "pad_to_max_length": "False",
         "per_device_train_batch_size": str(args.per_device_train_batch_size),
-        "per_device_eval_batch_size": "64", "learning_rate": str(args.learning_rate),
+        "per_device_eval_batch_size": "64", "learning_rate": normalized(str(args.learning_rate)),
         "num_train_epochs": str(args.num_train_epochs), "warmup_steps": str(args.warmup_ratio),  # < 1: a ratio (Transformers 5)
         "weight_decay": str(args.weight_decay), "seed": str(seed), "report_to": "none",
-        "save_strategy": "no", "eval_strategy": "no", "logging_steps": "50",
+        "save_strategy": "no", "eval_strategy": "no", "logging_steps": "25",
         **method_settings(method, args),
     }
+    if args.group_by_length:
+        settings["train_sampling_strategy"] = "group_by_length"
     if args.glue_dir:
         settings["glue_dir"] = args.glue_dir
     cap = task_caps(args).get(task)
@@ -119,107 +157,226 @@ def run_key(settings: dict[str, str]) -> str:
 
 
 def load_rows(path: Path) -> list[dict]:
+    """The rows of a results file; a line that is not a JSON row (a run killed while writing) is
+    reported with its file and line, and skipped."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            print(f"[reproduce_glue] {path}:{number}: skipped, not a JSON row ({error})", file=sys.stderr)
+    return rows
+
+
+def append_row(path: Path, row: dict) -> None:
+    """Append one row and flush it to disk: a later crash cannot take a finished run with it."""
+    with open(path, "a") as handle:
+        handle.write(json.dumps(row) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def run_one(task: str, method: str, seed: int, settings: dict[str, str], args: ReproductionArguments) -> dict:
-    output_dir = Path(args.runs_dir) / task / method.replace("@", "_").replace("=", "-") / f"seed{seed}"
-    command = [sys.executable, str(RUN_GLUE), "--do_train", "--do_eval", "--output_dir", str(output_dir)]
+    # The run's key in the folder name: runs that differ in any setting never share a folder.
+    output_dir = Path(args.runs_dir) / task / method.replace("@", "_").replace("=", "-") / f"seed{seed}-{run_key(settings)}"
+    # A folder left by a crashed attempt at this very run (same settings, same key) is started afresh.
+    command = [sys.executable, str(RUN_GLUE), "--do_train", "--do_eval", "--output_dir", str(output_dir),
+               "--overwrite_output_dir"]
     for key, value in settings.items():
         command += [f"--{key}", value]
     print(f"[reproduce_glue] {task} {method} seed {seed}: {' '.join(command)}", flush=True)
     started = time.time()
-    log_path = output_dir.parent / f"seed{seed}.log"
+    log_path = output_dir.with_name(output_dir.name + ".log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
         subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
     results = json.loads((output_dir / "all_results.json").read_text())
-    return {"task": task, "method": method, "seed": seed, "key": run_key(settings),
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    curve = [log for log in state["log_history"] if "loss" in log]
+    return {"curve": curve, "task": task, "method": method, "seed": seed, "key": run_key(settings),
             "metric": MAIN_METRIC[task], "score": results[f"eval_{MAIN_METRIC[task]}"],
             "wall_seconds": round(time.time() - started, 1), "settings": settings, "results": results}
 
 
 def current_rows(rows: list[dict], args: ReproductionArguments) -> list[dict]:
-    """The rows of this grid, with this grid's hyper-parameters (older settings are left out)."""
-    return [r for r in rows if r["task"] in args.tasks and r["method"] in args.methods and r["seed"] in args.seeds
+    """Every recorded run made with this grid's shared hyper-parameters, whatever its task, method
+    and seed (a call for some tasks does not drop the others from the summary)."""
+    return [r for r in rows if r["task"] in MAIN_METRIC
             and r["key"] == run_key(run_settings(r["task"], r["method"], r["seed"], args))]
 
 
-def summarize(rows: list[dict], args: ReproductionArguments) -> pd.DataFrame:
-    """Write results.csv, results.md and score_vs_time.png; return the per-run table."""
-    results_dir = Path(args.results_dir)
-    rows = current_rows(rows, args)
-    table = pd.DataFrame([{
+def per_run_table(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame([{
         "task": r["task"], "method": r["method"], "seed": r["seed"], "metric": r["metric"], "score": r["score"],
+        "eval_loss": r["results"].get("eval_loss"), "train_loss": r["results"].get("train_loss"),
+        "last_mean_max_prob": next((log["sam_mean_max_prob"] for log in reversed(r.get("curve", []))
+                                    if "sam_mean_max_prob" in log), None),
         "train_runtime": r["results"].get("train_runtime"),
         "median_step_time": r["results"].get("train_median_step_time"),
         "train_steps": r["results"].get("train_steps", r["results"].get("global_step")),
     } for r in rows])
+
+
+def interval(differences: list[float]) -> tuple[float, Optional[float], Optional[float]]:
+    """Mean and two-sided 95 % t-interval of paired differences (no interval for fewer than 2)."""
+    n = len(differences)
+    mean = sum(differences) / n
+    if n < 2:
+        return mean, None, None
+    half = stats.t.ppf(0.975, n - 1) * statistics.stdev(differences) / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def paired_differences(table: pd.DataFrame, method: str, baseline: str, tasks: list[str]) -> dict[str, list[float]]:
+    """Per task, and for the average over `tasks` (seeds that have every task), score(method) -
+    score(baseline) for each seed both have."""
+    scores = table.set_index(["task", "method", "seed"])["score"]
+    out: dict[str, list[float]] = {}
+    by_seed: dict[int, list[float]] = {}
+    for task in tasks:
+        seeds = sorted(set(table[(table.task == task) & (table.method == method)].seed)
+                       & set(table[(table.task == task) & (table.method == baseline)].seed))
+        out[task] = [scores[task, method, s] - scores[task, baseline, s] for s in seeds]
+        for s, d in zip(seeds, out[task]):
+            by_seed.setdefault(s, []).append(d)
+    out["average"] = [sum(ds) / len(ds) for ds in by_seed.values() if len(ds) == len(tasks)]
+    return out
+
+
+def summarize(rows: list[dict], args: ReproductionArguments) -> pd.DataFrame:
+    """Write results.csv (one line per run), results.md (score, loss, paired difference to the
+    baseline, cost), score_vs_time.png and curves.png; return the per-run table."""
+    results_dir = Path(args.results_dir)
+    table = per_run_table(current_rows(rows, args))
     table.to_csv(results_dir / "results.csv", index=False)
     if table.empty:
         return table
+    methods = list(dict.fromkeys(table.method))
+    tasks = [t for t in TASK_ORDER if t in set(table.task)]
+    baseline = args.baseline
     grouped = table.groupby(["task", "method"])
-    stats = grouped.agg(mean=("score", "mean"), std=("score", "std"), n=("score", "size"),
-                        runtime=("train_runtime", "mean"), step=("median_step_time", "mean")).reset_index()
-    base = stats[stats.method == args.baseline].set_index("task")
-    stats["time_vs_base"] = [row.runtime / base.runtime.get(row.task, float("nan")) for row in stats.itertuples()]
-    stats["step_vs_base"] = [row.step / base.step.get(row.task, float("nan")) for row in stats.itertuples()]
-    methods = [m for m in dict.fromkeys(table.method)]
-    tasks = [t for t in dict.fromkeys(table.task)]
-    lines = ["| method | " + " | ".join(f"{t} ({MAIN_METRIC[t]})" for t in tasks)
-             + " | average | train time (s), mean over tasks | time / " + args.baseline
-             + " | median step / " + args.baseline + " |",
-             "|---" * (len(tasks) + 5) + "|"]
-    summary = {}
+    stats_table = grouped.agg(mean=("score", "mean"), std=("score", "std"), n=("score", "size"),
+                              loss=("eval_loss", "mean"), runtime=("train_runtime", "mean"),
+                              step=("median_step_time", "mean")).reset_index()
+    base = stats_table[stats_table.method == baseline].set_index("task")
+    stats_table["time_vs_base"] = [r.runtime / base.runtime.get(r.task, math.nan) for r in stats_table.itertuples()]
+    stats_table["step_vs_base"] = [r.step / base.step.get(r.task, math.nan) for r in stats_table.itertuples()]
+    cell = {(r.task, r.method): r for r in stats_table.itertuples()}
+    header = "| method | " + " | ".join(f"{t} ({MAIN_METRIC[t]})" for t in tasks)
+
+    def line(method: str, values: list[str]) -> str:
+        return f"| {method} | " + " | ".join(values) + " |"
+
+    score_lines, loss_lines, diff_lines, cost_lines = [], [], [], []
     for method in methods:
-        cells, means, times, ratios, step_ratios = [], [], [], [], []
+        cells, means = [], []
         for task in tasks:
-            row = stats[(stats.method == method) & (stats.task == task)]
-            if row.empty:
+            r = cell.get((task, method))
+            if r is None:
                 cells.append("—")
                 continue
-            row = row.iloc[0]
-            spread = "" if pd.isna(row["std"]) else f" ± {100 * row['std']:.1f}"
-            cells.append(f"{100 * row['mean']:.1f}{spread} (n={row['n']})")
-            means.append(row["mean"])
-            times.append(row["runtime"])
-            ratios.append(row["time_vs_base"])
-            step_ratios.append(row["step_vs_base"])
-        complete = len(means) == len(tasks)
-        average = f"{100 * sum(means) / len(means):.1f}" if complete else "—"
-        summary[method] = {"average": sum(means) / len(means) if complete else None,
-                           "time_vs_base": sum(ratios) / len(ratios) if ratios else None}
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {average} | "
-                     + (f"{sum(times) / len(times):.0f}" if times else "—") + " | "
-                     + (f"{sum(ratios) / len(ratios):.2f}" if ratios else "—") + " | "
-                     + (f"{sum(step_ratios) / len(step_ratios):.2f}" if step_ratios else "—") + " |")
-    (results_dir / "results.md").write_text(
-        "Dev-set score x 100, mean ± std over seeds (n = number of seeds). Written by "
-        "`glue_scripts/reproduce_glue.py` from `results.jsonl`.\n\n" + "\n".join(lines) + "\n")
-    plot_score_vs_time(stats, tasks, results_dir / "score_vs_time.png", args.baseline)
+            spread = "" if pd.isna(r.std) else f" ± {100 * r.std:.1f}"
+            cells.append(f"{100 * r.mean:.1f}{spread} (n={r.n})")
+            means.append(r.mean)
+        average = f"{100 * sum(means) / len(means):.1f}" if len(means) == len(tasks) else "—"
+        score_lines.append(line(method, cells + [average]))
+        loss_lines.append(line(method, ["—" if (t, method) not in cell else f"{cell[t, method].loss:.3f}"
+                                        for t in tasks]))
+        if method != baseline:
+            diffs = paired_differences(table, method, baseline, tasks)
+            values = []
+            for key in tasks + ["average"]:
+                if not diffs[key]:
+                    values.append("—")
+                    continue
+                mean, low, high = interval(diffs[key])
+                values.append(f"{100 * mean:+.1f}" + (f" [{100 * low:+.1f}, {100 * high:+.1f}]" if low is not None
+                                                     else " (n=1)"))
+            diff_lines.append(line(method, values))
+        ratios = [cell[t, method].step_vs_base for t in tasks if (t, method) in cell]
+        times = [cell[t, method].time_vs_base for t in tasks if (t, method) in cell]
+        cost_lines.append(line(method, [f"{cell[t, method].step_vs_base:.2f}" if (t, method) in cell else "—"
+                                        for t in tasks]
+                               + [f"{statistics.median(ratios):.2f}" if ratios else "—",
+                                  f"{sum(times) / len(times):.2f}" if times else "—"]))
+    rule = "|---" * (len(tasks) + 1) + "|"
+    text = [
+        "Written by `glue_scripts/reproduce_glue.py` from `results.jsonl` (every run recorded with this",
+        "grid's shared hyper-parameters; `reproduction_arguments.json` holds them).", "",
+        "## Dev score x 100, mean ± std over seeds (n = seeds)", "",
+        header + " | average |", rule + "---|", *score_lines, "",
+        "## Dev loss (`eval_loss`), mean over seeds", "",
+        "ln 2 = 0.693 is the loss of a binary classifier that predicts 50/50 for every input.", "",
+        header + " |", rule, *loss_lines, "",
+        f"## Paired difference to {baseline} (same seed), x 100: mean [95 % t-interval]", "",
+        "A method is worse than the baseline where the whole interval is below 0. The average column",
+        "pairs each seed's average over all tasks.", "",
+        header + " | average |", rule + "---|", *diff_lines, "",
+        f"## Cost: median optimizer-step time / {baseline}'s, per task", "",
+        header + f" | median over tasks | training time / {baseline} |", rule + "---|---|", *cost_lines, "",
+    ]
+    (results_dir / "results.md").write_text("\n".join(text))
+    plot_score_vs_time(stats_table, tasks, results_dir / "score_vs_time.png", baseline)
+    plot_curves(current_rows(rows, args), tasks, methods, results_dir / "curves.png")
     return table
 
 
-def plot_score_vs_time(stats: pd.DataFrame, tasks: list[str], path: Path, baseline: str) -> None:
+def plot_score_vs_time(stats_table: pd.DataFrame, tasks: list[str], path: Path, baseline: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {method: f"C{i}" for i, method in enumerate(dict.fromkeys(stats.method))}
+    colors = {method: f"C{i}" for i, method in enumerate(dict.fromkeys(stats_table.method))}
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        for row in stats[stats.task == task].itertuples():
-            ax.errorbar(row.time_vs_base, 100 * row.mean, yerr=0 if pd.isna(row.std) else 100 * row.std,
+        for row in stats_table[stats_table.task == task].itertuples():
+            ax.errorbar(row.step_vs_base, 100 * row.mean, yerr=0 if pd.isna(row.std) else 100 * row.std,
                         fmt="o", capsize=3, color=colors[row.method], label=row.method)
         ax.set_title(f"{task} ({MAIN_METRIC[task]})")
-        ax.set_xlabel(f"training time / {baseline}")
+        ax.set_xlabel(f"median step time / {baseline}")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("dev score x 100")
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=color) for color in colors.values()]
-    fig.legend(handles, list(colors), loc="lower center", ncol=len(colors), fontsize=8)
+    fig.legend(handles, list(colors), loc="lower center", ncol=min(len(colors), 3), fontsize=8)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_curves(rows: list[dict], tasks: list[str], methods: list[str], path: Path) -> None:
+    """Training loss (top) and, for SAM methods on classification, the batch's mean top-class
+    probability (bottom) against the step, one line per run (seeds in the same colour)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {method: f"C{i}" for i, method in enumerate(methods)}
+    fig, axes = plt.subplots(2, len(tasks), figsize=(3.2 * len(tasks), 5.6), squeeze=False)
+    for column, task in enumerate(tasks):
+        for r in rows:
+            if r["task"] != task or not r.get("curve"):
+                continue
+            steps = [log["step"] for log in r["curve"]]
+            axes[0][column].plot(steps, [log["loss"] for log in r["curve"]], color=colors[r["method"]], lw=0.8)
+            confidence = [(log["step"], log["sam_mean_max_prob"]) for log in r["curve"] if "sam_mean_max_prob" in log]
+            if confidence:
+                axes[1][column].plot(*zip(*confidence), color=colors[r["method"]], lw=0.8)
+        axes[0][column].set_title(task)
+        if task not in ("stsb",):
+            axes[0][column].axhline(math.log(2) if task != "mnli" else math.log(3), color="grey", ls=":", lw=0.8)
+        axes[1][column].set_xlabel("step")
+        for ax in axes[:, column]:
+            ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("training loss")
+    axes[1][0].set_ylabel("mean top-class prob. (SAM / K-SAM)")
+    handles = [plt.Line2D([], [], color=color) for color in colors.values()]
+    fig.legend(handles, list(colors), loc="lower center", ncol=min(len(colors), 3), fontsize=8)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -245,9 +402,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                     done = {(r["task"], r["method"], r["seed"], r["key"]) for r in load_rows(raw)}
                     if (task, method, seed, run_key(settings)) in done:
                         continue
-                    row = run_one(task, method, seed, settings, args)
-                    with open(raw, "a") as handle:
-                        handle.write(json.dumps(row) + "\n")
+                    append_row(raw, run_one(task, method, seed, settings, args))
                     summarize(load_rows(raw), args)
     summarize(load_rows(raw), args)
 

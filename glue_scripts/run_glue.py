@@ -9,9 +9,15 @@ compare with the example's. On top of it:
 * `--optimizer adamw|sgd|sam|ksam` picks the method (see `OPTIMIZERS`), with the SAM knobs of
   `KSAMConfig` (`--sam_rho`, `--ksam_k`, ...);
 * `--glue_dir` (default: `$GLUE_DIR`) reads the original GLUE TSV release offline instead of the Hub;
-* metrics are computed locally (no `evaluate` download), and the train metrics gain the median
-  optimizer-step time `train_median_step_time` and `train_steps`; `all_results.json` records the
-  method and its settings.
+* metrics are computed locally (no `evaluate` download), in the task's label ids whatever order the
+  checkpoint keeps its labels in; the train metrics gain the median optimizer-step time
+  `train_median_step_time` and `train_steps`; `all_results.json` records the method, its settings
+  and whether the run resumed a checkpoint (`resumed_from_checkpoint`, `resumed_finished_run`);
+* the output directory is checked before anything is loaded (`run_safety.py`): a run resumes only a
+  complete checkpoint written with its own settings (`run_settings.json` in each checkpoint), and
+  refuses a folder holding another run's results unless `--overwrite_output_dir` (which deletes them);
+* an input problem (argument, data file, output directory) ends with one line
+  `run_glue.py: error: ...` and exit status 2, as argparse's own errors do.
 
     python glue_scripts/run_glue.py --model_name_or_path ../shared/models/all-MiniLM-L6-v2 \
         --task_name rte --glue_dir ../shared/glue --do_train --do_eval --do_predict \
@@ -42,7 +48,6 @@ from datasets import DatasetDict, load_dataset
 from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer,
                           DataCollatorWithPadding, HfArgumentParser, PretrainedConfig, TrainerCallback,
                           default_data_collator, set_seed)
-from transformers.trainer_utils import get_last_checkpoint
 from transformers.training_args import OptimizerNames
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,6 +56,8 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
 
 from glue_scripts.glue_data import GLUE_TASKS, glue_task, load_glue_hub, load_glue_tsv  # noqa: E402
 from glue_scripts.glue_metrics import make_compute_metrics, predictions_from_logits  # noqa: E402
+from glue_scripts.run_safety import (InputError, RunSettingsRecorder, input_errors, plain,  # noqa: E402
+                                     prepare_output_dir, write_json_atomic)
 from ksam_hf import KSAMConfig, KSAMTrainer  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -87,7 +94,7 @@ class ModelArguments:
 
 @dataclass
 class DataTrainingArguments:
-    """Which data, how to preprocess it, and which optimizer."""
+    """Which data, how to preprocess it, which optimizer, and what to do with an earlier run's outputs."""
 
     task_name: Optional[str] = field(
         default=None, metadata={"help": "GLUE task: " + ", ".join(GLUE_TASKS) + "."})
@@ -117,6 +124,12 @@ class DataTrainingArguments:
         default="adamw",
         metadata={"help": "adamw or sgd (plain Trainer step), sam or ksam (KSAMTrainer step around the "
                           "base optimizer of --optim, AdamW by default)."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start afresh in a non-empty --output_dir: delete the checkpoints, results and model "
+                          "files an earlier run wrote there (other files are kept). Without it, training resumes "
+                          "the newest complete checkpoint there if it was written with the same settings, and "
+                          "any other non-empty --output_dir is refused."})
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -133,6 +146,10 @@ class DataTrainingArguments:
             path = getattr(self, name)
             if path is not None and path.split(".")[-1] not in ("csv", "json"):
                 raise ValueError(f"--{name} {path!r} must be a .csv or .json file.")
+        for name in ("max_train_samples", "max_eval_samples", "max_predict_samples"):
+            count = getattr(self, name)
+            if count is not None and count < 1:
+                raise ValueError(f"--{name} {count}: give at least 1, or leave it out to use the whole split.")
 
 
 class StepTimer(TrainerCallback):
@@ -247,17 +264,76 @@ def write_predictions(path: Path, dataset: datasets.Dataset, predictions: np.nda
 
 
 def record_settings(output_dir: str, settings: dict[str, Any]) -> None:
-    """Add the method's settings to `all_results.json`, next to the metrics `save_metrics` put there."""
+    """Add the method's settings to `all_results.json`, next to the metrics `save_metrics` put there.
+    Renamed into place: other processes may read it as soon as they are released."""
     path = Path(output_dir) / "all_results.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     results.update(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=4, sort_keys=True))
+    write_json_atomic(path, results)
+
+
+TRAINING_SETTINGS = ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
+                     "lr_scheduler_type", "warmup_steps", "num_train_epochs", "max_steps",
+                     "per_device_train_batch_size", "gradient_accumulation_steps", "world_size", "seed", "data_seed",
+                     "label_smoothing_factor", "train_sampling_strategy")
+"""The training arguments that shape the run's trajectory, recorded with each checkpoint (with the
+task, model, data, method and `KSAMConfig`'s SAM fields): a run resumes only its own checkpoints."""
+
+
+def run_settings(model_args: ModelArguments, data_args: DataTrainingArguments,
+                 training_args: KSAMConfig) -> dict[str, Any]:
+    """What makes a training run this run: a checkpoint written with other settings is another run's."""
+
+    def local_or_id(value: Optional[str]) -> Optional[str]:
+        return os.path.abspath(value) if value is not None and os.path.exists(value) else value
+
+    settings: dict[str, Any] = {
+        "task_name": data_args.task_name, "dataset_name": data_args.dataset_name,
+        "dataset_config_name": data_args.dataset_config_name, "train_file": local_or_id(data_args.train_file),
+        "model_name_or_path": local_or_id(model_args.model_name_or_path),
+        "config_name": local_or_id(model_args.config_name), "tokenizer_name": local_or_id(model_args.tokenizer_name),
+        "max_train_samples": data_args.max_train_samples, "max_seq_length": data_args.max_seq_length,
+        "pad_to_max_length": data_args.pad_to_max_length,
+        "optimizer": data_args.optimizer, "optim": OptimizerNames(training_args.optim).value,
+        **{name: getattr(training_args, name) for name in KSAMConfig.sam_field_names()},
+    }
+    settings.update({name: getattr(training_args, name) for name in TRAINING_SETTINGS if hasattr(training_args, name)})
+    return {name: plain(value) for name, value in settings.items()}
+
+
+def check_max_seq_length(max_seq_length: int, tokenizer: Any, config: PretrainedConfig, pair: bool) -> None:
+    """`--max_seq_length` must leave room for a token of text and fit the position embeddings: a longer
+    input fails with an index error inside the model, mid-training."""
+    shortest = tokenizer.num_special_tokens_to_add(pair=pair) + 1
+    if max_seq_length < shortest:
+        raise InputError(f"--max_seq_length {max_seq_length} is too short: give at least {shortest} (the tokenizer "
+                         f"adds {shortest - 1} special tokens to each input, which needs a token of text).")
+    limits = [(tokenizer.model_max_length, "the tokenizer's model_max_length")]
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        limits.append((positions, "config.max_position_embeddings"))
+    limit, source = min(limits, key=lambda item: item[0])
+    if max_seq_length > limit:
+        raise InputError(f"--max_seq_length {max_seq_length} is longer than the model's maximum {limit} ({source}): "
+                         f"pass --max_seq_length {limit} or less.")
+
+
+def split_source(split: str, data_args: DataTrainingArguments, task: Any) -> str:
+    """Where a split was read from, for an error message."""
+    if task is not None and data_args.glue_dir:
+        return str(Path(data_args.glue_dir) / task.directory / task.files[split])
+    if task is not None or data_args.dataset_name is not None:
+        return f"{data_args.dataset_name or 'nyu-mll/glue'} ({split})"
+    return str({"train": data_args.train_file, "validation": data_args.validation_file}.get(split, data_args.test_file))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
-    """Train, evaluate and predict as the arguments say; returns the contents of `all_results.json`."""
-    model_args, data_args, training_args = parse_args(argv)
+    """Train, evaluate and predict as the arguments say; returns the contents of `all_results.json`.
+
+    Input problems raise `InputError` (a `ValueError`); `cli()` prints them as one line."""
+    with input_errors():
+        model_args, data_args, training_args = parse_args(argv)
 
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
                         datefmt="%m/%d/%Y %H:%M:%S", handlers=[logging.StreamHandler(sys.stdout)])
@@ -265,27 +341,50 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         transformers.utils.logging.set_verbosity_info()
     log_level = training_args.get_process_log_level()
     logger.setLevel(log_level)
+    logging.getLogger(prepare_output_dir.__module__).setLevel(log_level)  # run_safety's messages
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
     logger.warning(f"Process rank: {training_args.local_process_index}, device: {training_args.device}, "
                    f"n_gpu: {training_args.n_gpu}, distributed: {training_args.parallel_mode.value == 'distributed'}")
     logger.info(f"Training/evaluation parameters {training_args}")
 
-    # A checkpoint in the output directory means an interrupted run: resume it.
-    last_checkpoint = None
-    if (training_args.do_train and training_args.resume_from_checkpoint is None
-            and os.path.isdir(training_args.output_dir)):
-        last_checkpoint = get_last_checkpoint(training_args.output_dir)
-        if last_checkpoint is not None:
-            logger.info(f"Checkpoint detected, resuming training at {last_checkpoint}. Use another "
-                        "--output_dir to train from scratch.")
+    # The output directory, before anything is loaded: writable, and either empty, or holding a checkpoint
+    # of this very run to resume (an interrupted run), or explicitly to be overwritten. The process that
+    # saves decides (and deletes) first; the others then find the same checkpoint, or an emptied folder.
+    settings = run_settings(model_args, data_args, training_args)
+    with training_args.main_process_first(local=training_args.save_on_each_node, desc="output directory checks"):
+        resume = prepare_output_dir(
+            training_args.output_dir, settings, do_train=training_args.do_train,
+            overwrite=data_args.overwrite_output_dir, resume_from_checkpoint=training_args.resume_from_checkpoint,
+            loaded_paths={"--model_name_or_path": model_args.model_name_or_path,
+                          "--config_name": model_args.config_name, "--tokenizer_name": model_args.tokenizer_name},
+            may_delete=training_args.should_save)
 
     set_seed(training_args.seed)
 
-    raw_datasets = load_raw_datasets(model_args, data_args, training_args)
+    with input_errors():
+        raw_datasets = load_raw_datasets(model_args, data_args, training_args)
+
+    # The splits to use, cut to the requested sizes (tokenized once the model's labels are known).
+    task = glue_task(data_args.task_name) if data_args.task_name is not None else None
+    eval_names = list(task.eval_splits) if task is not None else ["validation"]
+    test_names = list(task.test_splits) if task is not None else ["test"]
+    wanted = {}
+    for asked, option, split_kind, names, count in (
+            (training_args.do_train, "--do_train", "training", ["train"], data_args.max_train_samples),
+            (training_args.do_eval, "--do_eval", "validation", eval_names, data_args.max_eval_samples),
+            (training_args.do_predict, "--do_predict", "test", test_names, data_args.max_predict_samples)):
+        if not asked:
+            continue
+        if names[0] not in raw_datasets:
+            raise InputError(f"{option} needs a {split_kind} split; the data has {', '.join(raw_datasets) or 'none'}.")
+        for name in names:
+            if len(raw_datasets[name]) == 0:
+                raise InputError(f"{option}: the {split_kind} split is empty: "
+                                 f"{split_source(name, data_args, task)} has no rows.")
+            wanted[name] = first(raw_datasets[name], count)
 
     # Labels
-    task = glue_task(data_args.task_name) if data_args.task_name is not None else None
     label_list: Optional[list] = None
     if task is not None:
         is_regression = task.is_regression
@@ -297,24 +396,6 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             label_list = sorted(reference.unique("label"))
     num_labels = 1 if is_regression else len(label_list)
 
-    # Model and tokenizer
-    config_kwargs = {"problem_type": "regression"} if is_regression else {}
-    config = AutoConfig.from_pretrained(
-        model_args.config_name or model_args.model_name_or_path, num_labels=num_labels,
-        finetuning_task=data_args.task_name, cache_dir=model_args.cache_dir, revision=model_args.model_revision,
-        token=model_args.token, trust_remote_code=model_args.trust_remote_code, **config_kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_args.tokenizer_name or model_args.model_name_or_path, cache_dir=model_args.cache_dir,
-        use_fast=model_args.use_fast_tokenizer, revision=model_args.model_revision, token=model_args.token,
-        trust_remote_code=model_args.trust_remote_code)
-    if data_args.max_seq_length > tokenizer.model_max_length:
-        raise ValueError(f"--max_seq_length {data_args.max_seq_length} is longer than the model's maximum "
-                         f"{tokenizer.model_max_length}: pass --max_seq_length {tokenizer.model_max_length} or less.")
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_args.model_name_or_path, config=config, cache_dir=model_args.cache_dir,
-        revision=model_args.model_revision, token=model_args.token,
-        trust_remote_code=model_args.trust_remote_code, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes)
-
     # Text columns
     if task is not None:
         sentence1_key, sentence2_key = (task.text_columns + (None,))[:2]
@@ -325,13 +406,36 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         else:
             sentence1_key, sentence2_key = (names + [None])[:2]
 
-    # Label ids: keep a checkpoint's own label order when it was trained on the same labels.
+    # Model and tokenizer
+    config_kwargs = {"problem_type": "regression"} if is_regression else {}
+    source = "--config_name" if model_args.config_name else "--model_name_or_path"
+    with input_errors(OSError, prefix=f"{source} {model_args.config_name or model_args.model_name_or_path}: "):
+        config = AutoConfig.from_pretrained(
+            model_args.config_name or model_args.model_name_or_path, num_labels=num_labels,
+            finetuning_task=data_args.task_name, cache_dir=model_args.cache_dir, revision=model_args.model_revision,
+            token=model_args.token, trust_remote_code=model_args.trust_remote_code, **config_kwargs)
+    source = "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path"
+    with input_errors(OSError, prefix=f"{source} {model_args.tokenizer_name or model_args.model_name_or_path}: "):
+        tokenizer = AutoTokenizer.from_pretrained(
+            model_args.tokenizer_name or model_args.model_name_or_path, cache_dir=model_args.cache_dir,
+            use_fast=model_args.use_fast_tokenizer, revision=model_args.model_revision, token=model_args.token,
+            trust_remote_code=model_args.trust_remote_code)
+    check_max_seq_length(data_args.max_seq_length, tokenizer, config, pair=sentence2_key is not None)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_args.model_name_or_path, config=config, cache_dir=model_args.cache_dir,
+        revision=model_args.model_revision, token=model_args.token,
+        trust_remote_code=model_args.trust_remote_code, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes)
+
+    # Label ids: keep a checkpoint's own label order when it was trained on the same labels; the metrics
+    # are then computed after mapping its ids back to the task's (`model_to_task`).
     label_to_id: Optional[dict] = None
+    model_to_task: Optional[list[int]] = None
     if task is not None and not is_regression:
         model_labels = {str(name).lower(): int(i) for name, i in model.config.label2id.items()}
         if model.config.label2id != PretrainedConfig(num_labels=num_labels).label2id:
             if sorted(model_labels) == sorted(label_list):
                 label_to_id = {i: model_labels[name] for i, name in enumerate(label_list)}
+                model_to_task = sorted(label_to_id, key=label_to_id.get)
             else:
                 logger.warning(f"The model's labels {sorted(model_labels)} do not match the task's "
                                f"{sorted(label_list)}; ignoring the model's.")
@@ -365,22 +469,6 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         return dataset.map(preprocess, batched=True, remove_columns=["original_label"] if relabel else None,
                            load_from_cache_file=not data_args.overwrite_cache, desc="Running tokenizer on dataset")
 
-    # Cut to the requested sizes first, then tokenize only what is used.
-    eval_names = list(task.eval_splits) if task is not None else ["validation"]
-    test_names = list(task.test_splits) if task is not None else ["test"]
-    wanted = {}
-    if training_args.do_train:
-        if "train" not in raw_datasets:
-            raise ValueError("--do_train needs a training split.")
-        wanted["train"] = first(raw_datasets["train"], data_args.max_train_samples)
-    if training_args.do_eval:
-        if eval_names[0] not in raw_datasets:
-            raise ValueError("--do_eval needs a validation split.")
-        wanted.update({name: first(raw_datasets[name], data_args.max_eval_samples) for name in eval_names})
-    if training_args.do_predict:
-        if test_names[0] not in raw_datasets:
-            raise ValueError("--do_predict needs a test split.")
-        wanted.update({name: first(raw_datasets[name], data_args.max_predict_samples) for name in test_names})
     with training_args.main_process_first(desc="dataset map pre-processing"):
         processed = DatasetDict({name: tokenize(dataset) for name, dataset in wanted.items()})
     train_dataset = processed.get("train")
@@ -398,16 +486,19 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     trainer = KSAMTrainer(
         model=model, args=training_args, train_dataset=train_dataset,
         eval_dataset=processed[eval_names[0]] if training_args.do_eval else None,
-        compute_metrics=make_compute_metrics(data_args.task_name, is_regression),
-        processing_class=tokenizer, data_collator=data_collator, callbacks=[step_timer])
+        compute_metrics=make_compute_metrics(data_args.task_name, is_regression, model_to_task),
+        processing_class=tokenizer, data_collator=data_collator,
+        callbacks=[step_timer, RunSettingsRecorder(settings)])
 
     if training_args.do_train:
-        checkpoint = training_args.resume_from_checkpoint or last_checkpoint
-        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        train_result = trainer.train(resume_from_checkpoint=resume.checkpoint)
         metrics = train_result.metrics
         metrics["train_samples"] = len(train_dataset)
         metrics["train_steps"] = train_result.global_step
         metrics["train_median_step_time"] = step_timer.median
+        if resume.finished:  # 0 steps ran: its train_loss (0.0) is no loss of this model
+            metrics.pop("train_loss", None)
+            logger.warning(f"Nothing trained: {resume.checkpoint} had finished its {train_result.global_step} steps.")
         trainer.save_model()  # the tokenizer too
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
@@ -441,13 +532,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 write_predictions(path, dataset, predictions, None if is_regression else model.config.id2label)
                 logger.info(f"Predict results of {name} written to {path}")
 
-    settings = {"optimizer": data_args.optimizer, "optim": OptimizerNames(training_args.optim).value,
-                "sam_mode": training_args.sam_mode, "sam_rho": training_args.sam_rho, "ksam_k": training_args.ksam_k,
-                "sam_adaptive": training_args.sam_adaptive,
-                "ksam_selection": training_args.ksam_selection,
-                "ksam_rank_without_dropout": training_args.ksam_rank_without_dropout}
+    method = {"optimizer": data_args.optimizer, "optim": OptimizerNames(training_args.optim).value,
+              **{name: getattr(training_args, name) for name in KSAMConfig.sam_field_names()},
+              **resume.results()}
     if trainer.is_world_process_zero():
-        record_settings(training_args.output_dir, settings)
+        record_settings(training_args.output_dir, method)
 
     if training_args.push_to_hub:
         kwargs = {"finetuned_from": model_args.model_name_or_path, "tasks": "text-classification"}
@@ -456,9 +545,20 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                           dataset=f"GLUE {task.name.upper()}")
         trainer.push_to_hub(**kwargs)
 
+    trainer.accelerator.wait_for_everyone()  # the other processes read all_results.json once rank 0 wrote it
     path = Path(training_args.output_dir) / "all_results.json"
-    return json.loads(path.read_text()) if path.exists() else settings
+    return json.loads(path.read_text()) if path.exists() else method
+
+
+def cli(argv: Optional[Sequence[str]] = None) -> None:
+    """The command line: an input problem ends as argparse's own errors do, with one line on stderr and
+    exit status 2 (a traceback would hide the fix in noise); anything else is a bug and keeps its traceback."""
+    try:
+        main(argv)
+    except InputError as error:
+        print(f"run_glue.py: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":
-    main()
+    cli()

@@ -3,64 +3,15 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Union
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
 
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
+from .selection import SELECTION_RULES
+
 SAM_MODES = ("ksam", "sam", "none")
-KSAM_SELECTIONS = ("forward", "previous_loss")
-
-
-def parse_ksam_k(value: Union[int, float, str]) -> Union[int, float]:
-    """Turn `ksam_k` into a count (`int` >= 1) or a fraction (`float` in (0, 1]).
-
-    As scikit-learn's `test_size`: an `int` is a number of examples, a `float` a fraction of the
-    batch. Text (from the command line or a JSON file) is an `int` when it is written as one
-    (`"8"`), a fraction otherwise (`"0.25"`, `"1.0"`). A float with an integral value above 1
-    (what `HfArgumentParser` makes of `--ksam_k 8`) is read as that count.
-    """
-    if isinstance(value, bool):
-        raise ValueError(f"`ksam_k` must be a number, got the bool {value!r}.")
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            value = int(text)
-        except ValueError:
-            try:
-                value = float(text)
-            except ValueError:
-                raise ValueError(
-                    f"`ksam_k`={value!r} is not a number: give a fraction of the batch in (0, 1] "
-                    "(e.g. 0.25) or a whole number of examples >= 1 (e.g. 8)."
-                ) from None
-    if isinstance(value, float) and value > 1 and value.is_integer():
-        value = int(value)
-    if isinstance(value, int):
-        if value < 1:
-            raise ValueError(
-                f"`ksam_k`={value} keeps no example: give a whole count >= 1 or a fraction in (0, 1]."
-            )
-        return value
-    if not math.isfinite(value) or not 0 < value <= 1:
-        raise ValueError(
-            f"`ksam_k`={value} is neither a fraction in (0, 1] nor a whole count >= 1: "
-            "use e.g. 0.25 for a quarter of each batch, or 8 for eight examples."
-        )
-    return float(value)
-
-
-def resolve_k(ksam_k: Union[int, float], batch_size: int) -> int:
-    """Number of examples kept from a batch of `batch_size`.
-
-    A fraction rounds up (so it keeps at least one example); a count larger than the batch (a
-    short last batch) keeps the whole batch.
-    """
-    if isinstance(ksam_k, float):
-        k = math.ceil(ksam_k * batch_size - 1e-9)
-    else:
-        k = ksam_k
-    return max(1, min(k, batch_size))
+TRUE_TEXTS, FALSE_TEXTS = ("true", "yes", "1"), ("false", "no", "0")
 
 
 @dataclass
@@ -70,48 +21,40 @@ class KSAMConfig(TrainingArguments):
 
     Parameters:
         sam_mode (`str`, *optional*, defaults to `"ksam"`):
-            `"ksam"`: K-SAM (Ni et al. 2022): rank the batch by per-example loss in a forward pass
-            without gradients, then run SAM's ascent and descent on the `ksam_k` highest-loss
-            examples only. `"sam"`: SAM (Foret et al. 2021) on the whole batch (two forward and
-            backward passes). `"none"`: the stock `Trainer` step (the baseline).
+            `"ksam"`: K-SAM (Ni et al. 2022): a forward pass without gradients gives each example's
+            loss, and SAM's ascent and descent run on `ksam_k` examples chosen by `ksam_selection`.
+            `"sam"`: SAM (Foret et al. 2021) on the whole batch (two forward and backward passes).
+            `"none"`: the stock `Trainer` step (the baseline).
         sam_rho (`float`, *optional*, defaults to `0.05`):
-            Radius of the ascent step: the weights are moved by `rho * g / ||g||` before the
-            descent gradient is taken. `0` makes the step a plain gradient step on the kept examples.
-        ksam_k (`float` or `int`, *optional*, defaults to `0.25`):
-            How many examples of each (per-device, per-micro-batch) batch K-SAM keeps. A float in
-            (0, 1] is a fraction of the batch (rounded up); an int >= 1 is a count. A count larger
-            than a (short, last) batch keeps the whole batch. On the command line `--ksam_k 8`
-            means eight examples and `--ksam_k 0.25` a quarter; `1` and `1.0` there mean the whole
-            batch (pass the Python int `1` for a single example). The default of a quarter of the
-            batch comes from the sweep in `docs/results/`. Ignored unless `sam_mode="ksam"`.
+            Radius of the ascent step: the weights move by `rho * g / ||g||` before the descent
+            gradient is taken. `0` makes the step a plain gradient step on the kept examples.
+        ksam_k (`float`, *optional*, defaults to `0.25`):
+            Examples K-SAM keeps from each (per-device, per-micro-) batch, as Transformers reads
+            `logging_steps`: below 1 a fraction of the batch (rounded up), 1 and above a count
+            (whole numbers only). A count above a short last batch keeps all of it. With
+            `ksam_loss_share`, the least number kept.
+        ksam_selection (`str`, *optional*, defaults to `"loss_sampled"`):
+            Which examples K-SAM keeps. `"loss_sampled"`: k examples sampled with probabilities
+            increasing with their loss; the ascent runs on them as they are, the descent weights each
+            by the inverse of its probability, so the step descends on an unbiased estimate of the
+            batch's mean loss. `"top_k"`: the paper's rule, the k highest losses for both passes;
+            it minimises the mean of the largest losses, not the mean loss, and can hold a
+            classifier at the uniform predictor (`docs/selection.md`).
+        ksam_uniform_mix (`float`, *optional*, defaults to `0.5`):
+            `"loss_sampled"` only: the share of the sampling probability spread evenly over the
+            batch (the rest goes in proportion to the losses). It bounds an example's weight at
+            `batch / (ksam_uniform_mix * k)`; `1` samples uniformly, `0` by loss alone.
+        ksam_loss_share (`float`, *optional*):
+            Adaptive k: keep, per batch, the fewest examples whose losses carry this share of the
+            batch's total loss (at least `ksam_k`), so a batch whose loss sits in a few examples
+            costs less. Unset: a fixed `ksam_k`.
         sam_adaptive (`bool`, *optional*, defaults to `False`):
             ASAM (Kwon et al. 2021): the scale-invariant ascent `e = rho * w^2 g / ||w g||`, with a
             larger `sam_rho` than plain SAM (ASAM's authors use about 10x).
-        ksam_selection (`str`, *optional*, defaults to `"forward"`):
-            How K-SAM ranks a batch. `"forward"` (the paper's): a forward pass without gradients over
-            the whole batch. `"previous_loss"` (opt-in, ours): rank by each example's loss at its
-            previous visit, which skips that forward whenever every example of the batch has been
-            seen. The remembered score is relative (the loss over the mean loss of the batch it was
-            measured in), so that examples seen at different times compare fairly. Batches with
-            unseen examples (the first epoch) are ranked, and scored, by the forward pass; the kept
-            examples' scores are refreshed from their ascent pass. Needs a stable example id per
-            row in the training set (`ksam_id_column`). Experimental: it saves the ranking pass,
-            but on our GLUE grid it scored below the forward ranking (and once collapsed to one
-            class on MRPC); see `docs/performance.md` before using it.
         ksam_rank_without_dropout (`bool`, *optional*, defaults to `True`):
-            Run K-SAM's ranking pass in eval mode: no dropout, so each example is ranked by its
-            loss rather than by a noisy draw of it, and the pass is cheaper (no dropout masks, and
-            fused attention kernels): on CPU it saves about a sixth of a K-SAM step (see
-            `docs/performance.md`). Ascent and descent still run in train mode. `False` ranks in
-            train mode as the paper does. On our GLUE grid (`docs/results/`, 3 seeds) the two
-            agree within noise on RTE, CoLA, STS-B and SST-2; on MRPC train-mode ranking scored
-            higher (73.4 against 67.5): set `False` where the paper's exact method matters more
-            than the cost.
-        ksam_id_column (`str`, *optional*, defaults to `"idx"`):
-            The training-set column with each example's id (a non-negative integer, e.g. the row
-            index, as GLUE's `idx`), used by `ksam_selection="previous_loss"` only. KSAMTrainer keeps
-            this column of a `datasets.Dataset` for training though the model does not take it (for
-            other datasets, set `remove_unused_columns=False` or have the collator pass it through).
+            Run K-SAM's ranking pass in eval mode: no dropout, so each example is ranked by its loss
+            rather than a noisy draw of it, and the pass is cheaper. Ascent and descent still run in
+            train mode. `False` ranks in train mode, as the paper does.
         sam_sync_ascent (`bool`, *optional*, defaults to `False`):
             Multi-process training only: average the ascent gradient across processes before
             perturbing, so that every process uses the same perturbation (one all-reduce of the
@@ -121,29 +64,31 @@ class KSAMConfig(TrainingArguments):
 
     sam_mode: str = field(
         default="ksam",
-        metadata={"help": "'ksam' (top-k SAM), 'sam' (full-batch SAM) or 'none' (plain Trainer step).",
+        metadata={"help": "'ksam' (SAM on k examples per batch), 'sam' (full-batch SAM) or 'none' (plain Trainer step).",
                   "choices": list(SAM_MODES)},
     )
     sam_rho: float = field(default=0.05, metadata={"help": "SAM ascent radius rho (>= 0)."})
-    ksam_k: Union[float, str] = field(
+    ksam_k: float = field(
         default=0.25,
-        metadata={"help": "Examples kept per batch by K-SAM: a fraction in (0, 1] or a count >= 1."},
-    )
-    sam_adaptive: bool = field(
-        default=False, metadata={"help": "Use ASAM's scale-invariant ascent (e = rho w^2 g / ||w g||)."}
+        metadata={"help": "Examples kept per batch by K-SAM: below 1 a fraction, 1 and above a count."},
     )
     ksam_selection: str = field(
-        default="forward",
-        metadata={"help": "How K-SAM ranks a batch: 'forward' (a gradient-free forward pass) or "
-                          "'previous_loss' (each example's loss at its previous visit).",
-                  "choices": list(KSAM_SELECTIONS)},
+        default="loss_sampled",
+        metadata={"help": "Which examples K-SAM keeps: 'loss_sampled' (sampled by loss, unbiased descent) "
+                          "or 'top_k' (the paper's k highest losses).",
+                  "choices": list(SELECTION_RULES)},
+    )
+    ksam_uniform_mix: float = field(
+        default=0.5, metadata={"help": "loss_sampled: share of the sampling probability spread evenly (0-1]."})
+    ksam_loss_share: Optional[float] = field(
+        default=None,
+        metadata={"help": "Adaptive k: keep the fewest examples carrying this share (0-1] of the batch's loss."})
+    sam_adaptive: bool = field(
+        default=False, metadata={"help": "Use ASAM's scale-invariant ascent (e = rho w^2 g / ||w g||)."}
     )
     ksam_rank_without_dropout: bool = field(
         default=True,
         metadata={"help": "Rank the batch in eval mode (no dropout): cheaper ranking pass. False: train mode."}
-    )
-    ksam_id_column: str = field(
-        default="idx", metadata={"help": "Training-set column of example ids, for ksam_selection=previous_loss."}
     )
     sam_sync_ascent: bool = field(
         default=False,
@@ -154,6 +99,19 @@ class KSAMConfig(TrainingArguments):
         validate_sam_fields(self)
         super().__post_init__()
 
+    @staticmethod
+    def sam_field_names() -> list[str]:
+        """The fields `KSAMConfig` adds to `TrainingArguments`, in order."""
+        base = {f.name for f in fields(TrainingArguments)}
+        return [f.name for f in fields(KSAMConfig) if f.name not in base]
+
+    @classmethod
+    def from_training_arguments(cls, args: TrainingArguments) -> "KSAMConfig":
+        """A `cls` with the defaults of the SAM fields and every field of `args` (read directly:
+        `to_dict` masks every field whose name ends in `_token`)."""
+        accepted = {f.name for f in fields(cls) if f.init}
+        return cls(**{f.name: getattr(args, f.name) for f in fields(args) if f.init and f.name in accepted})
+
 
 @dataclass
 class KSAMSeq2SeqConfig(KSAMConfig, Seq2SeqTrainingArguments):
@@ -161,14 +119,59 @@ class KSAMSeq2SeqConfig(KSAMConfig, Seq2SeqTrainingArguments):
     for [`KSAMSeq2SeqTrainer`]."""
 
 
+def as_bool(name: str, value: Any) -> bool:
+    """A bool field's value; text from a JSON file is read as the command line reads it."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in TRUE_TEXTS + FALSE_TEXTS:
+        return value.strip().lower() in TRUE_TEXTS
+    raise ValueError(f"`{name}`={value!r} is not a boolean: use true or false.")
+
+
+def parse_ksam_k(value: Any) -> float:
+    """`ksam_k` as a number: below 1 a fraction of the batch, 1 and above a whole count."""
+    if isinstance(value, bool):
+        raise ValueError(f"`ksam_k` must be a number, got the bool {value!r}.")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"`ksam_k`={value!r} is not a number: give a fraction of the batch below 1 "
+                         "(e.g. 0.25) or a whole number of examples (e.g. 8).") from None
+    if not math.isfinite(number) or number <= 0 or (number >= 1 and not number.is_integer()):
+        raise ValueError(f"`ksam_k`={value!r} is neither a fraction in (0, 1) nor a whole count >= 1: "
+                         "use e.g. 0.25 for a quarter of each batch, or 8 for eight examples.")
+    return int(number) if number >= 1 else number
+
+
+def share(value: Any, name: str, zero_allowed: bool) -> float:
+    """A fraction field: a number in [0, 1] (or (0, 1])."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (0 <= number <= 1) or (number == 0 and not zero_allowed):
+        interval = "[0, 1]" if zero_allowed else "(0, 1]"
+        raise ValueError(f"`{name}`={value!r} must be a number in {interval} (e.g. 0.5).")
+    return number
+
+
 def validate_sam_fields(args: KSAMConfig) -> None:
     """Check and normalise the SAM fields in place; errors name the argument and the fix."""
     if args.sam_mode not in SAM_MODES:
         raise ValueError(f"`sam_mode`={args.sam_mode!r} is unknown: use one of {', '.join(SAM_MODES)}.")
-    if args.sam_rho is None or not math.isfinite(float(args.sam_rho)) or args.sam_rho < 0:
+    try:
+        rho = float(args.sam_rho)
+    except (TypeError, ValueError):
+        rho = math.nan
+    if not math.isfinite(rho) or rho < 0:
         raise ValueError(f"`sam_rho`={args.sam_rho!r} must be a finite number >= 0 (e.g. 0.05).")
-    args.sam_rho = float(args.sam_rho)
+    args.sam_rho = rho
     args.ksam_k = parse_ksam_k(args.ksam_k)
-    if args.ksam_selection not in KSAM_SELECTIONS:
-        raise ValueError(
-            f"`ksam_selection`={args.ksam_selection!r} is unknown: use one of {', '.join(KSAM_SELECTIONS)}.")
+    if args.ksam_selection not in SELECTION_RULES:
+        raise ValueError(f"`ksam_selection`={args.ksam_selection!r} is unknown: use one of "
+                         f"{', '.join(SELECTION_RULES)}.")
+    args.ksam_uniform_mix = share(args.ksam_uniform_mix, "ksam_uniform_mix", zero_allowed=True)
+    if args.ksam_loss_share is not None:
+        args.ksam_loss_share = share(args.ksam_loss_share, "ksam_loss_share", zero_allowed=False)
+    for name in ("sam_adaptive", "ksam_rank_without_dropout", "sam_sync_ascent"):
+        setattr(args, name, as_bool(name, getattr(args, name)))

@@ -42,17 +42,19 @@ TOKEN_LEVEL_HEADS = ("seq2seq_lm", "causal_lm", "masked_lm", "token_classificati
 
 
 def head_kind(model: torch.nn.Module) -> Optional[str]:
-    """The kind of head `model` has, from its class name (as Transformers' auto classes know it)."""
-    name = type(model).__name__
+    """The kind of head `model` has, from its class name as Transformers' auto classes know it, or
+    that of the nearest Transformers class it derives from (a user's subclass keeps its head)."""
+    known = {}
     for kind, (mapping, _) in _HEADS.items():
-        names = set()
         for value in mapping.values():
-            names.update(value if isinstance(value, (tuple, list)) else (value,))
-        if name in names:
-            return kind
-    for kind, (_, suffixes) in _HEADS.items():
-        if name.endswith(suffixes):
-            return kind
+            for name in (value if isinstance(value, (tuple, list)) else (value,)):
+                known.setdefault(name, kind)
+    for cls in type(model).__mro__:
+        if cls.__name__ in known:
+            return known[cls.__name__]
+        for kind, (_, suffixes) in _HEADS.items():
+            if cls.__name__.endswith(suffixes):
+                return kind
     return None
 
 
@@ -162,3 +164,12 @@ def per_example_loss_for(model: PreTrainedModel, kind: str, label_smoothing: flo
         return lambda outputs, inputs: sequence_classification_losses(
             outputs, inputs, config.num_labels, config.problem_type, eps)
     raise ValueError(f"No per-example loss is known for head kind {kind!r}.")
+
+
+def mean_max_probability(outputs: Any, counts: torch.Tensor) -> torch.Tensor:
+    """Mean over the labelled examples of the top class's probability: 1 / classes for a model that
+    predicts the uniform distribution (a collapse), towards 1 for a confident one."""
+    logits = _logits(outputs).detach().float()
+    top = logits.softmax(dim=-1).amax(dim=-1).view(-1)
+    labelled = (counts.to(top.device) > 0).float()
+    return (top * labelled).sum() / labelled.sum().clamp_min(1)

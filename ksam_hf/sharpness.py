@@ -1,16 +1,38 @@
-"""SAM's maths: the ascent perturbation, applying it, and restoring the weights bit-exactly.
+"""SAM's maths: the ascent norm, the perturbation e, and the weights moved to w + e and back.
 
 Each function works on lists of tensors with `torch._foreach_*` kernels (one launch per list
-rather than a Python loop over parameters) and without autograd.
+rather than a Python loop over parameters) and without autograd. Names: `epsilon` is e (one
+tensor per parameter), `params` the parameters it moves (those with an ascent gradient).
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from contextlib import contextmanager
+from typing import Iterator, Optional, Sequence
 
 import torch
+from torch.profiler import record_function
 
 Tensors = Sequence[torch.Tensor]
+
+
+def ascent_gradient(loss: torch.Tensor, params: Sequence[torch.nn.Parameter]) -> list[Optional[torch.Tensor]]:
+    """The gradient of `loss` for each of `params` (None where unused), leaving `p.grad` (earlier
+    accumulation micro-batches) as it was.
+
+    A backward into emptied `.grad` slots, read, then the earlier gradients put back (also when
+    the backward fails): unlike `torch.autograd.grad`, this works through reentrant gradient
+    checkpointing, whose recomputation only a `.backward()` can drive.
+    """
+    earlier = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    try:
+        loss.backward()
+        return [p.grad for p in params]
+    finally:
+        for p, grad in zip(params, earlier):
+            p.grad = grad
 
 
 @torch.no_grad()
@@ -23,8 +45,8 @@ def ascent_norm(grads: Tensors, params: Tensors, adaptive: bool) -> torch.Tensor
 
 
 @torch.no_grad()
-def perturbation_(grads: list[torch.Tensor], params: Tensors, rho: float, norm: float,
-                  adaptive: bool) -> list[torch.Tensor]:
+def gradient_to_epsilon_(grads: list[torch.Tensor], params: Tensors, rho: float, norm: float,
+                         adaptive: bool) -> list[torch.Tensor]:
     """Turn `grads` in place into SAM's e = rho * g / ||g|| (ASAM: rho * w^2 * g / ||w g||).
 
     `norm` is `ascent_norm(grads, ...)`, finite. Any scale of `grads` (an fp16 loss scale) cancels.
@@ -36,24 +58,29 @@ def perturbation_(grads: list[torch.Tensor], params: Tensors, rho: float, norm: 
     return grads
 
 
-@torch.no_grad()
-def perturb_weights_(params: Sequence[torch.nn.Parameter], perturbation: list[torch.Tensor]) -> None:
-    """w <- w + e without copying w: keep `[p.data for p in params]` first, for `restore_weights_`.
+@contextmanager
+def weights_at_w_plus_e(params: Sequence[torch.nn.Parameter], epsilon: Optional[list[torch.Tensor]]
+                        ) -> Iterator[None]:
+    """Inside the block the parameters hold w + e; on leaving it (an exception included) they hold
+    w again, bit for bit. `epsilon=None` leaves the weights where they are.
 
-    e's buffers become w + e (bit for bit the same as w + e, addition being commutative) and are
-    swapped into the parameters, so the original weights stay untouched where they were. A
-    perturbation whose layout differs from its weight's is copied into the weight's layout first.
+    No copy of w is made: e's buffers become w + e in place and are swapped into `p.data`, and w,
+    untouched, is swapped back (never w + e - e, which would not give w exactly). A buffer whose
+    layout differs from its weight's is first copied into the weight's layout.
     """
-    torch._foreach_add_(perturbation, list(params))
-    for p, moved in zip(params, perturbation):
-        if moved.stride() != p.stride() or moved.dtype != p.dtype:
-            moved = torch.empty_like(p).copy_(moved)
-        p.data = moved
-
-
-@torch.no_grad()
-def restore_weights_(params: Sequence[torch.nn.Parameter], saved: Optional[Tensors]) -> None:
-    """Put back the weights kept before `perturb_weights_` (never w - e: that would not give w exactly)."""
-    if saved is not None:
-        for p, original in zip(params, saved):
-            p.data = original
+    if epsilon is None:
+        yield
+        return
+    saved = [p.data for p in params]
+    try:
+        with torch.no_grad():
+            torch._foreach_add_(epsilon, list(params))
+            for p, moved in zip(params, epsilon):
+                if moved.stride() != p.stride() or moved.dtype != p.dtype:
+                    moved = torch.empty_like(p).copy_(moved)
+                p.data = moved
+        yield
+    finally:
+        with record_function("ksam/restore"):
+            for p, original in zip(params, saved):
+                p.data = original

@@ -8,102 +8,108 @@ scheduling, logging and checkpointing, so every Trainer feature keeps working.
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import dataclass, fields
-from types import SimpleNamespace
+from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 from transformers import Seq2SeqTrainer, Trainer, TrainingArguments
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .config import KSAMConfig, resolve_k, validate_sam_fields
-from .loss_memory import ExampleLossMemory, estimated_batch_loss, refreshed_scores, relative_losses
+from .config import KSAMConfig, KSAMSeq2SeqConfig
 from .per_example_loss import (TOKEN_LEVEL_HEADS, PerExampleLoss, head_kind, label_keys,
-                               per_example_loss_for)
-from .selection import select_rows, top_k_indices, trim_padding
-from .sharpness import ascent_norm, perturb_weights_, perturbation_, restore_weights_
+                               mean_max_probability, per_example_loss_for)
+from .packing import is_packed, per_sequence_losses, repack, sequence_count
+from .rows import select_rows, trim_padding
+from .selection import Ranking, Selected, adaptive_k, resolve_k, selection_rule
+from .sharpness import ascent_gradient, ascent_norm, gradient_to_epsilon_, weights_at_w_plus_e
+from .statistics import StepStatistics
 
 EXAMPLE_LEVEL_HEADS = ("sequence_classification", "multiple_choice", "question_answering")
 PADDING_AGNOSTIC_HEADS = TOKEN_LEVEL_HEADS + ("sequence_classification", "multiple_choice")
 """Heads whose loss does not change when trailing padding is cut (not QA: its softmax runs over
 every position, padding included, as the models compute it)."""
-LOSS_MEMORY_FILE = "ksam_loss_memory_{}.pt"
-"""Checkpoint file (per process) of the losses remembered for `ksam_selection="previous_loss"`."""
+PACKABLE_HEADS = ("causal_lm", "masked_lm", "token_classification")
+"""Token-level heads whose examples can be sequences of a packed (padding-free) batch."""
 
 
-@dataclass(frozen=True)
-class SAMSettings:
-    """The SAM fields of the training arguments (defaults of `KSAMConfig` for plain `TrainingArguments`)."""
+@dataclass
+class RankedBatch:
+    """The ranking pass over a micro-batch: per-example losses, and the batch's mean loss (None
+    when the ranking did not measure it)."""
 
-    mode: str
-    rho: float
-    k: Union[int, float]
-    adaptive: bool
-    sync_ascent: bool
-    selection: str
-    rank_without_dropout: bool
-    id_column: str
+    ranking: Ranking
+    loss: Optional[torch.Tensor]
 
-    @classmethod
-    def from_args(cls, args: TrainingArguments) -> "SAMSettings":
-        names = {"sam_mode": "mode", "sam_rho": "rho", "ksam_k": "k", "sam_adaptive": "adaptive",
-                 "sam_sync_ascent": "sync_ascent", "ksam_selection": "selection", "ksam_id_column": "id_column",
-                 "ksam_rank_without_dropout": "rank_without_dropout"}
-        defaults = {f.name: f.default for f in fields(KSAMConfig) if f.name in names}
-        values = SimpleNamespace(**{name: getattr(args, name, default) for name, default in defaults.items()})
-        validate_sam_fields(values)
-        return cls(**{names[name]: value for name, value in vars(values).items()})
+
+@dataclass
+class Ascent:
+    """The ascent pass: e (None when not applied) for the parameters it moves, and the kept loss."""
+
+    params: list[nn.Parameter]
+    epsilon: Optional[list[torch.Tensor]]
+    loss: torch.Tensor
+    per_example: tuple[torch.Tensor, torch.Tensor]
 
 
 class SharpnessAwareStepMixin:
     """The SAM / K-SAM training step, mixed into a `Trainer` class (see `KSAMTrainer`)."""
 
+    config_class: type = KSAMConfig
+
     def __init__(self, *args: Any, per_example_loss_func: Optional[PerExampleLoss] = None, **kwargs: Any):
-        if len(args) < 2 and kwargs.get("args") is None:
-            kwargs["args"] = KSAMConfig(output_dir="trainer_output")
+        args = list(args)
+        given = args[1] if len(args) > 1 else kwargs.get("args")
+        converted = self._as_config(given)
+        if len(args) > 1:
+            args[1] = converted
+        else:
+            kwargs["args"] = converted
         super().__init__(*args, **kwargs)
-        self.sam = SAMSettings.from_args(self.args)
         self.per_example_loss_func = per_example_loss_func
         self._user_loss = per_example_loss_func is not None
         self._head: Optional[str] = None
+        self._single_label = False  # one class per example: the ranking pass logs its confidence
+        self._loss_checked = True  # the model's own loss is compared with the standard once (known heads)
+        self._takes_return_dict = False  # config.return_dict=False: ask for outputs as a dataclass
         self._accumulated_items = 0.0  # examples / tokens behind the gradient in p.grad this step
         self.current_gradient_accumulation_steps = 1  # the training loop sets it; direct calls need it
-        self._sam_logs = _StepStatistics()
-        self._loss_memory = ExampleLossMemory() if self._remembers_losses else None
+        self.sam_statistics = StepStatistics()
+        self.selection = selection_rule(self.args.ksam_selection, self.args.ksam_uniform_mix)
         self._check_sam_setup()
         if self.model is not None:
             self._setup_head(self.model)
 
     # ----------------------------------------------------------------------------- construction
-    @property
-    def _remembers_losses(self) -> bool:
-        return self.sam.mode == "ksam" and self.sam.selection == "previous_loss"
-
-    def _remove_unused_columns(self, dataset: Any, description: Optional[str] = None) -> Any:
-        """Keep the example-id column in the training set when K-SAM ranks by remembered losses."""
-        pruned = super()._remove_unused_columns(dataset, description)
-        column = self.sam.id_column
-        if (self._remembers_losses and (description or "").lower() == "training"
-                and column in getattr(dataset, "column_names", ())
-                and column not in pruned.column_names):
-            pruned = pruned.add_column(column, dataset.with_format(None)[column])
-        return pruned
+    @classmethod
+    def _as_config(cls, args: Optional[TrainingArguments]) -> KSAMConfig:
+        """The trainer's config: given, converted once from a plain `TrainingArguments` (with the
+        SAM fields' defaults), or the defaults."""
+        if args is None:
+            return cls.config_class(output_dir="trainer_output")
+        if isinstance(args, cls.config_class):
+            return args
+        return cls.config_class.from_training_arguments(args)
 
     def _check_sam_setup(self) -> None:
-        if self.sam.mode == "none":
+        if self.args.sam_mode == "none":
             return
         if self.compute_loss_func is not None:
             raise ValueError(
                 "`compute_loss_func` cannot be combined with `sam_mode`="
-                f"{self.sam.mode!r}: it returns a loss already reduced over the batch, and K-SAM needs "
+                f"{self.args.sam_mode!r}: it returns a loss already reduced over the batch, and K-SAM needs "
                 "one loss per example. Pass `per_example_loss_func=` (outputs, inputs) -> (loss sums, "
                 "item counts) instead, or set `sam_mode='none'`."
             )
+        devices = set(map(str, (getattr(self.model, "hf_device_map", None) or {}).values()))
+        if len(devices) > 1:
+            raise ValueError(
+                f"`sam_mode`={self.args.sam_mode!r} cannot train a model split across devices by `device_map` "
+                f"({', '.join(sorted(devices))}): load it on one device (no `device_map`) and use DDP for "
+                "several GPUs, or set `sam_mode='none'`.")
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
             raise ValueError(
-                f"`sam_mode`={self.sam.mode!r} does not support DeepSpeed or FSDP yet: the perturbation "
+                f"`sam_mode`={self.args.sam_mode!r} does not support DeepSpeed or FSDP yet: the perturbation "
                 "needs the full (unsharded) weights and gradients on each process. Use DDP "
                 "(`accelerate launch` / `torchrun` without a DeepSpeed or FSDP config), or `sam_mode='none'`."
             )
@@ -112,11 +118,12 @@ class SharpnessAwareStepMixin:
         """Find the per-example loss for `model`; make the baseline's accumulation scaling right."""
         unwrapped = self.accelerator.unwrap_model(model)
         self._head = head_kind(unwrapped)
+        self._takes_return_dict = getattr(getattr(unwrapped, "config", None), "return_dict", True) is False
         if self._head in EXAMPLE_LEVEL_HEADS:
             # These heads reduce their loss over their own micro-batch and ignore
             # `num_items_in_batch`, so the Trainer must divide by the accumulation steps.
             self.model_accepts_loss_kwargs = False
-        if self.sam.mode == "none" or self.per_example_loss_func is not None:
+        if self.args.sam_mode == "none" or self.per_example_loss_func is not None:
             return
         if self._head is None:
             raise ValueError(
@@ -134,106 +141,146 @@ class SharpnessAwareStepMixin:
             )
         self.per_example_loss_func = per_example_loss_for(
             unwrapped, self._head, label_smoothing=self.args.label_smoothing_factor)
+        self._standard_loss = per_example_loss_for(unwrapped, self._head)
+        self._loss_checked = self._head == "question_answering"  # its ignored positions reduce otherwise
+        self._single_label = self._head == "multiple_choice" or (
+            self._head == "sequence_classification" and unwrapped.config.num_labels > 1
+            and unwrapped.config.problem_type in (None, "single_label_classification"))
 
     # ----------------------------------------------------------------------------- the step
     def training_step(self, model: nn.Module, inputs: dict[str, Any],
                       num_items_in_batch: Optional[Union[torch.Tensor, int]] = None) -> torch.Tensor:
-        """One SAM / K-SAM micro-batch: rank, ascend on the kept examples, descend there at w + e.
+        """One SAM / K-SAM micro-batch: rank, ascend on the kept examples, descend at w + e.
 
         The descent gradient is added to `p.grad` (earlier accumulation micro-batches' gradients
-        stay there), so that after the last micro-batch `p.grad` is the mean over all kept
-        examples (tokens) of the accumulated batch. Returns the whole micro-batch's loss, scaled
-        for logging as the Trainer scales its own.
+        stay there), so that after the last micro-batch `p.grad` is the gradient of one batch of
+        the accumulated size. Returns the whole micro-batch's loss, scaled for logging as the
+        Trainer scales its own.
         """
-        if self.sam.mode == "none":
+        if self.args.sam_mode == "none":
             return super().training_step(model, inputs, num_items_in_batch)
         if self.per_example_loss_func is None:
             self._setup_head(model)
         model.train()
         if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
             self.optimizer.train()
-        inputs = self._prepare_inputs(inputs)
-        inputs = self._with_decoder_inputs(model, inputs)
-        accumulation_steps = self.current_gradient_accumulation_steps or 1
+        inputs = self._with_decoder_inputs(model, self._prepare_inputs(inputs))
 
-        kept_scores = None
-        if self.sam.mode == "ksam":
-            kept, full_loss, kept_scores = self._select_top_k(model, inputs)
-            if kept is None:  # no example in this micro-batch has a label
-                self._join_other_processes(model, inputs)
-                self._finish_micro_batch(0.0)
-                return full_loss.detach() / accumulation_steps
-        else:
-            kept, full_loss = inputs, None
+        ranked, selected = None, None
+        ascent_rows = descent_rows = inputs  # SAM: the whole batch
+        if self.args.sam_mode == "ksam":
+            with record_function("ksam/rank"):
+                ranked = self.rank_batch(model, inputs)
+                selected = self._select(ranked.ranking)
+                if selected is None:  # no example in this micro-batch has a label
+                    self._join_other_processes(model, inputs)
+                    self._finish_micro_batch(0.0)
+                    return self._logged_loss(ranked, None)
+                ascent_rows = self._rows(inputs, selected.ascent, ranked.ranking.counts.numel())
+                descent_rows = ascent_rows if selected.descent is selected.ascent else \
+                    self._rows(inputs, selected.descent, ranked.ranking.counts.numel())
+        with record_function("ksam/ascent"):
+            ascent = self._ascend(model, ascent_rows)
+        with weights_at_w_plus_e(ascent.params, ascent.epsilon), record_function("ksam/descent"):
+            self._descend(model, descent_rows, selected)
+        return self._logged_loss(ranked, ascent)
 
+    def rank_batch(self, model: nn.Module, inputs: dict[str, Any]) -> RankedBatch:
+        """Each example's loss, from a forward pass without gradients (in eval mode unless
+        `ksam_rank_without_dropout=False`). The ranking hook: override to rank otherwise."""
+        try:
+            model.train(not self.args.ksam_rank_without_dropout)
+            with torch.no_grad():
+                outputs, (sums, counts) = self._forward(model, inputs)
+        finally:
+            model.train()
+        self.sam_statistics.add_confidence(mean_max_probability(outputs, counts) if self._single_label else None)
+        sums, counts = sums.detach().float().cpu(), counts.detach().float().cpu()
+        return RankedBatch(Ranking(sums / counts.clamp_min(1), counts),
+                           sums.sum() / counts.sum().clamp_min(1))
+
+    def _select(self, ranking: Ranking) -> Optional[Selected]:
+        """Apply the selection rule to a ranked batch (None if no example has a label)."""
+        labelled = int(ranking.labelled.sum())
+        if labelled == 0:
+            self.sam_statistics.empty += 1
+            return None
+        k = resolve_k(self.args.ksam_k, ranking.counts.numel())
+        if self.args.ksam_loss_share is not None:
+            k = adaptive_k(ranking, self.args.ksam_loss_share, floor=k)
+        selected = self.selection.select(ranking, min(k, labelled))
+        self.sam_statistics.last_selected = selected
+        return selected
+
+    def _rows(self, inputs: dict[str, Any], indices: torch.Tensor, batch_size: int) -> dict[str, Any]:
+        """The examples `indices` of the batch: its rows without the padding none of them uses, or
+        a packed batch's sequences packed again."""
+        if is_packed(inputs):
+            return repack(inputs, indices)
+        rows = select_rows(inputs, indices, batch_size)
+        if self._head in PADDING_AGNOSTIC_HEADS and not self._user_loss:
+            rows = trim_padding(rows, decoder_labels=self._head == "seq2seq_lm")
+        return rows
+
+    def _ascend(self, model: nn.Module, rows: dict[str, Any]) -> Ascent:
+        """The ascent gradient of the rows' mean loss, turned into e (not yet applied).
+
+        Taken without gradient sync and beside `p.grad` (earlier accumulation micro-batches stay
+        untouched). A non-finite norm (fp16 overflow) or `rho=0` gives no e.
+        """
         params = [p for p in model.parameters() if p.requires_grad]
         loss_scale = self._loss_scale()  # read once: on CUDA each read is a host sync
         with self.accelerator.no_sync(model):
-            sums, counts = self._per_example_losses(model, kept)
-            ascent_loss = sums.sum() / counts.sum()
-            grads = torch.autograd.grad(ascent_loss * loss_scale, params, allow_unused=True)
-        if kept_scores is not None:  # ranked from memory: refresh the kept examples' scores
-            kept_losses = (sums / counts.clamp_min(1)).detach()
-            self._loss_memory.update(kept[self.sam.id_column], refreshed_scores(kept_scores, kept_losses))
-            full_loss = estimated_batch_loss(kept_losses, kept_scores)
-        if full_loss is None:
-            full_loss = ascent_loss.detach()
-        self._sam_logs.add_kept(counts.numel(), ascent_loss.detach())
-        perturbed = [p for p, g in zip(params, grads) if g is not None]
-        perturbation = [g for g in grads if g is not None]
-        del grads, sums, ascent_loss
-        if self.sam.sync_ascent and self.accelerator.num_processes > 1:
-            perturbation = self.accelerator.reduce(perturbation, reduction="mean")
-        norm = float(ascent_norm(perturbation, perturbed, self.sam.adaptive))
-        self._sam_logs.add_norm(norm / loss_scale)
-        perturb = math.isfinite(norm) and self.sam.rho > 0
-        if not math.isfinite(norm):
-            self._sam_logs.skipped += 1
-        saved = None
-        try:
-            if perturb:
-                perturbation_(perturbation, perturbed, self.sam.rho, norm, self.sam.adaptive)
-                saved = [p.data for p in perturbed]  # w itself, untouched while w + e is swapped in
-                perturb_weights_(perturbed, perturbation)
-            del perturbation  # with the weights swapped, nothing else holds e: the descent has +1 copy only
-            self._descend(model, kept)
-        finally:
-            restore_weights_(perturbed, saved)
-        return full_loss / accumulation_steps
+            outputs, (sums, counts) = self._forward(model, rows)
+            loss = sums.sum() / counts.sum()
+            grads = ascent_gradient(loss * loss_scale, params)
+        if self.args.sam_mode == "sam" and self._single_label:
+            self.sam_statistics.add_confidence(mean_max_probability(outputs, counts))
+        del outputs
+        if self.args.sam_sync_ascent and self.accelerator.num_processes > 1:
+            # Every process reduces one tensor per trainable parameter, a zero where its own
+            # micro-batch left one unused: lists of different lengths would never match up.
+            grads = self.accelerator.reduce([torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)],
+                                            reduction="mean")
+        moved = [p for p, g in zip(params, grads) if g is not None]
+        grads = [g for g in grads if g is not None]
+        norm = float(ascent_norm(grads, moved, self.args.sam_adaptive))
+        self.sam_statistics.add_ascent(counts.numel(), loss.detach(), norm / loss_scale)
+        epsilon = None
+        if math.isfinite(norm) and self.args.sam_rho > 0:
+            epsilon = gradient_to_epsilon_(grads, moved, self.args.sam_rho, norm, self.args.sam_adaptive)
+            self.sam_statistics.perturbed_elements = sum(e.numel() for e in epsilon)
+        return Ascent(moved, epsilon, loss.detach(), (sums.detach(), counts.detach()))
 
-    def _select_top_k(self, model: nn.Module, inputs: dict[str, Any]):
-        """Rank the micro-batch by per-example loss: the top-k rows (trimmed), the batch's loss, and
-        the kept rows' remembered scores (None unless ranked from memory).
-
-        The ranking is a forward pass without gradients, or (`ksam_selection="previous_loss"`)
-        the relative losses remembered from the examples' previous visit when all of them have one
-        (the batch's loss is then estimated after the ascent pass: None here).
-        """
-        remembered = self._remembered_losses(inputs)
-        if remembered is not None:
-            scores, counts = remembered, torch.ones_like(remembered)
-            full_loss = None
-            self._sam_logs.ranked_from_memory += 1
+    def _descend(self, model: nn.Module, rows: dict[str, Any], selected: Optional[Selected]) -> None:
+        """Backward of the descent loss (see `Selected`) into `p.grad`, as a running mean over the
+        accumulated micro-batches' items."""
+        _, (sums, counts) = self._forward(model, rows)
+        if selected is None or selected.descent_weights is None:
+            loss_sum = sums.sum()
         else:
-            try:
-                model.train(not self.sam.rank_without_dropout)
-                with torch.no_grad():
-                    sums, counts = self._per_example_losses(model, inputs)
-            finally:
-                model.train()
-            scores = sums / counts.clamp_min(1)
-            full_loss = sums.sum() / counts.sum().clamp_min(1)
-            if self._loss_memory is not None:
-                self._loss_memory.update(inputs[self.sam.id_column], relative_losses(scores, counts > 0))
-        batch_size = counts.shape[0]
-        indices = top_k_indices(scores, counts, resolve_k(self.sam.k, batch_size))
-        if indices.numel() == 0:
-            self._sam_logs.empty += 1
-            return None, full_loss, None
-        kept = select_rows(inputs, indices, batch_size)
-        if self._head in PADDING_AGNOSTIC_HEADS and not self._user_loss:
-            kept = trim_padding(kept, decoder_labels=self._head == "seq2seq_lm")
-        return kept, full_loss, (scores[indices.cpu()] if remembered is not None else None)
+            loss_sum = (sums * selected.descent_weights.to(sums.device)).sum()
+        items = float(counts.sum()) if selected is None or selected.descent_items is None else selected.descent_items
+        previous = self._accumulated_items
+        total = previous + items
+        if previous > 0 and total > 0:
+            existing = [p.grad for p in model.parameters() if p.grad is not None]
+            if existing:
+                torch._foreach_mul_(existing, previous / total)
+        self.accelerator.backward(loss_sum / max(total, 1.0))
+        self._finish_micro_batch(items)
+
+    def _logged_loss(self, ranked: Optional[RankedBatch], ascent: Optional[Ascent]) -> torch.Tensor:
+        """The loss the Trainer logs: the whole micro-batch's mean loss at w (K-SAM: from the
+        ranking pass; SAM: from the ascent pass), scaled as the Trainer scales its own."""
+        loss = ranked.loss if ranked is not None else ascent.loss
+        return loss.to(self.args.device) / (self.current_gradient_accumulation_steps or 1)
+
+    def _finish_micro_batch(self, items: float) -> None:
+        if self.accelerator.sync_gradients:
+            self._accumulated_items = 0.0
+        else:
+            self._accumulated_items += items
 
     def _join_other_processes(self, model: nn.Module, inputs: dict[str, Any]) -> None:
         """Take part, with zero gradients, in what the other processes all-reduce in this step.
@@ -244,59 +291,75 @@ class SharpnessAwareStepMixin:
         """
         if self.accelerator.num_processes == 1:
             return
-        if self.sam.sync_ascent:
-            params = [p for p in model.parameters() if p.requires_grad]
-            with self.accelerator.no_sync(model):
-                sums, _ = self._per_example_losses(model, inputs)
-                grads = torch.autograd.grad(sums.sum() * 0.0, params, allow_unused=True)
-            self.accelerator.reduce([g for g in grads if g is not None], reduction="mean")
-        sums, _ = self._per_example_losses(model, inputs)
+        if self.args.sam_sync_ascent:
+            self.accelerator.reduce([torch.zeros_like(p) for p in model.parameters() if p.requires_grad],
+                                    reduction="mean")
+        _, (sums, _) = self._forward(model, inputs)
         self.accelerator.backward(sums.sum() * 0.0)
 
-    def _remembered_losses(self, inputs: dict[str, Any]) -> Optional[torch.Tensor]:
-        """The remembered losses of every example in the batch, or None if any is unknown."""
-        if self._loss_memory is None:
-            return None
-        if self.sam.id_column not in inputs:
-            raise ValueError(
-                f"`ksam_selection='previous_loss'` needs an example id per row, but the batch has no "
-                f"{self.sam.id_column!r} column. Add one (e.g. `dataset.map(lambda _, i: {{'idx': i}}, "
-                "with_indices=True)`) or set `ksam_id_column` to the column that holds it."
-            )
-        losses = self._loss_memory.lookup(inputs[self.sam.id_column])
-        return losses if bool(torch.isfinite(losses).all()) else None
-
-    def _descend(self, model: nn.Module, kept: dict[str, Any]) -> None:
-        """Backward of the kept examples' loss at the current weights, into `p.grad`, as a running mean."""
-        sums, counts = self._per_example_losses(model, kept)
-        items = float(counts.sum())
-        previous = self._accumulated_items
-        total = previous + items
-        if previous > 0 and total > 0:
-            existing = [p.grad for p in model.parameters() if p.grad is not None]
-            if existing:
-                torch._foreach_mul_(existing, previous / total)
-        self.accelerator.backward(sums.sum() / max(total, 1.0))
-        self._finish_micro_batch(items)
-
-    def _finish_micro_batch(self, items: float) -> None:
-        if self.accelerator.sync_gradients:
-            self._accumulated_items = 0.0
-        else:
-            self._accumulated_items += items
-
-    def _per_example_losses(self, model: nn.Module, inputs: dict[str, Any]):
+    def _forward(self, model: nn.Module, inputs: dict[str, Any]):
+        """(model outputs, (per-example loss sums, per-example item counts))."""
+        check = not self._loss_checked
         with self.compute_loss_context_manager():
-            outputs = model(**self._model_inputs(inputs))
-        return self.per_example_loss_func(outputs, inputs)
+            outputs = model(**self._model_inputs(inputs, with_labels=check))
+        if is_packed(inputs) and self._head in PACKABLE_HEADS and not self._user_loss:
+            losses = per_sequence_losses(outputs, inputs, shift=self._head == "causal_lm",
+                                         label_smoothing=self.args.label_smoothing_factor)
+        else:
+            losses = self.per_example_loss_func(outputs, inputs)
+        self._check_per_example_losses(losses, inputs)
+        if check:
+            self._check_model_loss(model, outputs, inputs)
+        return outputs, losses
 
-    def _model_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+    def _model_inputs(self, inputs: dict[str, Any], with_labels: bool = False) -> dict[str, Any]:
         """What the model is called with: the inputs without the targets for the known heads
-        (the model need not compute a loss we do not use); everything for a custom loss."""
-        dropped = {self.sam.id_column} if self._loss_memory is not None else set()
-        if self._head is not None and not self._user_loss:
-            dropped.update(label_keys(self._head))
+        (the model need not compute a loss we do not use; `with_labels` keeps them, for the check of
+        the model's own loss); everything for a custom loss. Always outputs as a dataclass, whatever
+        `config.return_dict` says."""
+        inputs = {**inputs, "return_dict": True} if self._takes_return_dict else inputs
+        if self._head == "causal_lm" and not self._user_loss:
+            # Training needs no cache, and with one the models would not separate packed sequences.
+            inputs = {**inputs, "use_cache": False}
+        if self._head is None or self._user_loss or with_labels:
+            return inputs
+        dropped = label_keys(self._head)
         return {k: v for k, v in inputs.items() if k not in dropped}
+
+    def _check_per_example_losses(self, losses: Any, inputs: dict[str, Any]) -> None:
+        """A per-example loss function must give one loss sum and one item count per example (row,
+        or sequence of a packed batch)."""
+        rows = sequence_count(inputs) if is_packed(inputs) else next(
+            (v.shape[0] for v in inputs.values() if isinstance(v, torch.Tensor) and v.dim() > 0), None)
+        shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                  for t in (losses if isinstance(losses, (tuple, list)) else [losses])]
+        if len(shapes) != 2 or any(shape != (rows,) for shape in shapes):
+            raise ValueError(
+                f"`per_example_loss_func` returned {shapes} for a batch of {rows} rows: it must return two "
+                f"tensors of shape [{rows}], each example's loss sum and its item count, not a loss reduced "
+                "over the batch (which would turn K-SAM into SAM).")
+
+    def _check_model_loss(self, model: nn.Module, outputs: Any, inputs: dict[str, Any]) -> None:
+        """Once, on the first batch: the model's own loss must be the standard one that the
+        per-example loss reproduces (a subclass with class weights, say, is not)."""
+        self._loss_checked = True
+        own = outputs.get("loss") if hasattr(outputs, "get") else None
+        if own is None:
+            return
+        sums, counts = self._standard_loss(outputs, inputs)
+        standard = float(sums.detach().sum() / counts.sum()) if float(counts.sum()) > 0 else math.nan
+        own = float(own.detach())
+        if not (math.isfinite(standard) and math.isfinite(own)):
+            self._loss_checked = False  # nothing (finite) to compare on: try the next batch
+            return
+        if not math.isclose(own, standard, rel_tol=1e-3, abs_tol=1e-5):
+            name = type(self.accelerator.unwrap_model(model)).__name__
+            raise ValueError(
+                f"{name} computes its own loss ({own:.6f}), not the standard {self._head} loss of its outputs "
+                f"({standard:.6f}) (e.g. class weights in a subclass): SAM / K-SAM would train on the standard "
+                "one. Pass `per_example_loss_func=` that computes your loss per example, or keep the model's "
+                "standard loss.")
+
 
     def _with_decoder_inputs(self, model: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
         """Encoder-decoder models build `decoder_input_ids` from the labels: build them here the same way."""
@@ -320,72 +383,31 @@ class SharpnessAwareStepMixin:
         self._accumulated_items = 0.0
         return super()._inner_training_loop(*args, **kwargs)
 
-    # ----------------------------------------------------------------------------- checkpoints
-    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        """The Trainer's checkpoint, plus the remembered losses (`ksam_selection="previous_loss"`)."""
-        super()._save_checkpoint(model, trial)
-        if self._loss_memory is not None:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            os.makedirs(folder, exist_ok=True)
-            torch.save(self._loss_memory.losses, os.path.join(folder, LOSS_MEMORY_FILE.format(self.args.process_index)))
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Optional[nn.Module] = None) -> None:
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        path = os.path.join(resume_from_checkpoint, LOSS_MEMORY_FILE.format(self.args.process_index))
-        if self._loss_memory is not None and os.path.isfile(path):
-            self._loss_memory.losses = torch.load(path, weights_only=True)
-
     # ----------------------------------------------------------------------------- logging
     def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
-        """Add the SAM statistics since the last log to the training logs."""
-        if "loss" in logs and self.sam.mode != "none":
-            logs.update(self._sam_logs.pop())
+        """Add the SAM statistics since the last log to the training logs; stop a run whose weights
+        are no longer finite (its logged loss can still look finite)."""
+        if self.model is not None and self.state.global_step > 0:
+            named = [(name, p) for name, p in self.model.named_parameters() if p.is_floating_point()]
+            finite = torch.stack([torch.isfinite(p).all() for _, p in named]) if named else torch.ones(1, dtype=torch.bool)
+            if not bool(finite.all()):  # one host sync per log
+                broken = named[int((~finite).nonzero()[0])][0]
+                raise FloatingPointError(
+                    f"The weights are not finite after step {self.state.global_step} (first: {broken}): training "
+                    "diverged (a learning rate too high, an fp16 overflow, or non-finite labels or inputs). "
+                    "Stopped before anything is reported or saved from it.")
+        if "loss" in logs and self.args.sam_mode != "none":
+            logs.update(self.sam_statistics.pop())
         super().log(logs, start_time)
-
-
-class _StepStatistics:
-    """Running sums of the per-step SAM statistics between two logs."""
-
-    def __init__(self) -> None:
-        self.skipped = 0  # perturbations skipped for a non-finite ascent norm (cumulative)
-        self.empty = 0  # micro-batches with no labelled example (cumulative)
-        self.ranked_from_memory = 0  # micro-batches ranked by remembered losses (cumulative)
-        self._reset()
-
-    def _reset(self) -> None:
-        self.steps, self.kept, self.norm_steps, self.norm = 0, 0, 0, 0.0
-        self.kept_loss = torch.zeros(())
-
-    def add_kept(self, kept: int, kept_loss: torch.Tensor) -> None:
-        self.steps += 1
-        self.kept += kept
-        self.kept_loss = self.kept_loss.to(kept_loss.device) + kept_loss.float()
-
-    def add_norm(self, norm: float) -> None:
-        if math.isfinite(norm):
-            self.norm_steps += 1
-            self.norm += norm
-
-    def pop(self) -> dict[str, float]:
-        logs = {"sam_skipped_perturbations": self.skipped}
-        if self.empty:
-            logs["sam_unlabelled_batches"] = self.empty
-        if self.ranked_from_memory:
-            logs["sam_ranked_from_memory"] = self.ranked_from_memory
-        if self.steps:
-            logs["sam_kept"] = round(self.kept / self.steps, 4)
-            logs["sam_kept_loss"] = round(float(self.kept_loss) / self.steps, 4)
-        if self.norm_steps:
-            logs["sam_ascent_grad_norm"] = round(self.norm / self.norm_steps, 4)
-        self._reset()
-        return logs
 
 
 class KSAMTrainer(SharpnessAwareStepMixin, Trainer):
     """`transformers.Trainer` with a SAM / K-SAM step; takes every `Trainer` argument, plus
     `per_example_loss_func` for heads ksam_hf does not know. Configure it with `KSAMConfig`
-    (a plain `TrainingArguments` runs K-SAM with the defaults)."""
+    (a plain `TrainingArguments` is converted once, with the SAM fields' defaults)."""
 
 
 class KSAMSeq2SeqTrainer(SharpnessAwareStepMixin, Seq2SeqTrainer):
     """`Seq2SeqTrainer` (evaluation by generation) with the SAM / K-SAM step; use `KSAMSeq2SeqConfig`."""
+
+    config_class = KSAMSeq2SeqConfig

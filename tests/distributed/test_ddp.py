@@ -1,6 +1,6 @@
 """KSAMTrainer under DDP: two CPU processes (gloo), launched with torchrun, against gradients by hand.
 
-`tests/ddp_worker.py` runs one optimizer step per configuration in each process and saves what
+`tests/distributed/ddp_worker.py` runs one optimizer step per configuration in each process and saves what
 each process saw and the gradient it stepped with. Here the expected gradient is recomputed with
 plain autograd, independently of ksam_hf: per process, each micro-batch's examples are ranked by
 the model's own loss on each example alone, the top-k are kept, the weights are moved by
@@ -21,10 +21,10 @@ import psutil  # a dependency of accelerate
 import pytest
 import torch
 
-from tests.ddp_worker import CONFIGS, LEARNING_RATE, dataset_for
-from tests.test_ksam_step import ranked_by_own_loss, rows
+from tests.distributed.ddp_worker import CONFIGS, LEARNING_RATE, dataset_for
+from tests.testing_utils import REPO, ranked_by_own_loss, rows
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 WORLD = 2
 RHO = 0.05
 CONFIG_NAMES = ["ksam", "ksam_ga2", "sam_ga2", "ksam_sync", "ksam_sync_ga2"]
@@ -37,7 +37,7 @@ def launch(out: Path, configs: list[str], timeout: float) -> subprocess.Complete
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                TOKENIZERS_PARALLELISM="false")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
-               str(ROOT / "tests" / "ddp_worker.py"), "--out", str(out), *configs]
+               "-m", "tests.distributed.ddp_worker", "--out", str(out), *configs]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
     try:

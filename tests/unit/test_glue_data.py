@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-import os
+import re
 from pathlib import Path
 
 import pytest
@@ -25,18 +25,6 @@ LABELS = {  # Hub order
     "wnli": ["not_entailment", "entailment"], "qnli": ["entailment", "not_entailment"],
     "mnli": ["entailment", "neutral", "contradiction"], "qqp": ["not_duplicate", "duplicate"],
 }
-
-
-@pytest.fixture(scope="module")
-def glue_dir() -> Path:
-    """The offline GLUE copy: `../shared/glue` next to the repository, else $GLUE_DIR."""
-    candidates = [Path(__file__).resolve().parents[1].parent / "shared" / "glue"]
-    if os.environ.get("GLUE_DIR"):
-        candidates.append(Path(os.environ["GLUE_DIR"]))
-    for candidate in candidates:
-        if (candidate / "RTE" / "dev.tsv").is_file():
-            return candidate
-    pytest.skip(f"no GLUE TSV release found (looked in {', '.join(map(str, candidates))}; set GLUE_DIR)")
 
 
 def first_data_row(path: Path, header: bool = True) -> list[str]:
@@ -186,3 +174,101 @@ def test_bad_label_and_broken_index_are_reported(tmp_path):
     (rte / "dev.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n2\tc\td\tentailment\n")
     with pytest.raises(ValueError, match="index"):
         load_glue_tsv(tmp_path, "rte", ["validation"])
+
+
+# ----------------------------------------------------------------------------- damaged files
+RTE_HEADER = "index\tsentence1\tsentence2\tlabel\n"
+STSB_HEADER = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+
+
+def write_task_file(root: Path, directory: str, name: str, content: str | bytes) -> Path:
+    path = root / directory / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    return path
+
+
+def stsb_row(index: int, score: str) -> str:
+    return (f"{index}\tmain-captions\tMSRvid\t2012test\t{index:04d}\tnone\tnone\tA man runs.\t"
+            f"A man is running.\t{score}\n")
+
+
+@pytest.mark.parametrize("score, problem", [
+    ("nan", "not a finite number"), ("inf", "not a finite number"), ("-inf", "not a finite number"),
+    ("-0.5", "outside 0..5"), ("5.25", "outside 0..5"), ("high", "not a number"), ("", "not a number"),
+])
+def test_stsb_scores_must_be_numbers_in_range(tmp_path, score, problem):
+    path = write_task_file(tmp_path, "STS-B", "train.tsv", STSB_HEADER + stsb_row(0, "3.8") + stsb_row(1, score))
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:3: score {score!r} is {problem}") as error:
+        load_glue_tsv(tmp_path, "stsb", ["train"])
+    assert "\n" not in str(error.value)
+
+
+def test_stsb_scores_at_the_bounds_load(tmp_path):
+    write_task_file(tmp_path, "STS-B", "dev.tsv", STSB_HEADER + stsb_row(0, "0.000") + stsb_row(1, "5.0"))
+    assert load_glue_tsv(tmp_path, "stsb", ["validation"])["validation"]["label"] == [0.0, 5.0]
+
+
+@pytest.mark.parametrize("row, problem", [
+    ("1\tOnly one sentence.\tentailment\n", "3 fields, expected 4"),  # a lost tab
+    ("1\ta\tb\tentailment\textra\n", "5 fields, expected 4"),
+])
+def test_rows_with_a_wrong_field_count_name_their_line(tmp_path, row, problem):
+    path = write_task_file(tmp_path, "RTE", "train.tsv", RTE_HEADER + "0\ta\tb\tentailment\n" + row
+                           + "2\tc\td\tentailment\n")
+    where = re.escape(str(path))
+    with pytest.raises(ValueError, match=rf"^{where}:3: {problem} \(index, sentence1, sentence2, label\)"):
+        load_glue_tsv(tmp_path, "rte", ["train"])
+
+
+def test_lost_tab_in_stsb_is_not_read_as_an_empty_sentence(tmp_path):
+    lost_tab = stsb_row(1, "2.0").replace("A man runs.\t", "A man runs. ")
+    path = write_task_file(tmp_path, "STS-B", "dev.tsv", STSB_HEADER + stsb_row(0, "1.0") + lost_tab)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:3: 9 fields, expected 10"):
+        load_glue_tsv(tmp_path, "stsb", ["validation"])
+
+
+def test_empty_file(tmp_path):
+    path = write_task_file(tmp_path, "RTE", "dev.tsv", "")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: the file is empty"):
+        load_glue_tsv(tmp_path, "rte", ["validation"])
+
+
+def test_header_only_file_is_an_empty_split(tmp_path):
+    write_task_file(tmp_path, "RTE", "dev.tsv", RTE_HEADER)
+    assert len(load_glue_tsv(tmp_path, "rte", ["validation"])["validation"]) == 0
+
+
+def test_bytes_that_are_not_utf8_name_their_line(tmp_path):
+    path = write_task_file(tmp_path, "RTE", "dev.tsv", (RTE_HEADER + "0\ta\tb\tentailment\n").encode()
+                           + b"1\tcaf\xe9\tb\tentailment\n")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:3: not UTF-8 text \(byte 0xe9 at column 6\)"):
+        load_glue_tsv(tmp_path, "rte", ["validation"])
+
+
+def test_damaged_index_and_label_name_their_line(tmp_path):
+    path = write_task_file(tmp_path, "RTE", "dev.tsv", RTE_HEADER + "0\ta\tb\tentailment\nx\tc\td\tentailment\n")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:3: index 'x' is not a whole number"):
+        load_glue_tsv(tmp_path, "rte", ["validation"])
+    path.write_text(RTE_HEADER + "0\ta\tb\tentailment\n1\tc\td\tmaybe\n")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:3: label 'maybe' is not one of"):
+        load_glue_tsv(tmp_path, "rte", ["validation"])
+    path.write_text(RTE_HEADER + "0\ta\tb\tentailment\n5\tc\td\tentailment\n")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:3: index 5, expected 1"):
+        load_glue_tsv(tmp_path, "rte", ["validation"])
+
+
+def test_headerless_cola_counts_lines_from_the_first_row(tmp_path):
+    path = write_task_file(tmp_path, "CoLA", "train.tsv", "gj04\t1\t\tGood.\ngj04\t2\t*\tBad label.\n")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:2: label '2' is not one of"):
+        load_glue_tsv(tmp_path, "cola", ["train"])
+
+
+def test_crlf_and_blank_lines_are_tolerated(tmp_path):
+    write_task_file(tmp_path, "RTE", "dev.tsv", (RTE_HEADER + "0\ta\tb\tentailment\n\n1\tc\td\tnot_entailment\n\n")
+                    .replace("\n", "\r\n"))
+    data = load_glue_tsv(tmp_path, "rte", ["validation"])["validation"]
+    assert data["sentence2"] == ["b", "d"] and data["label"] == [0, 1]

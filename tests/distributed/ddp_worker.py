@@ -1,7 +1,7 @@
-"""One process of the multi-process tests in `tests/test_distributed.py` (run it under torchrun).
+"""One process of the multi-process tests in `tests/distributed/test_ddp.py` (run it under torchrun).
 
 For each configuration named on the command line, every process trains a tiny model (dropout off,
-`tests/tiny_models.py`) with `KSAMTrainer.train()` for one optimizer step and saves, with
+`tests/testing_utils.py`) with `KSAMTrainer.train()` for one optimizer step and saves, with
 `torch.save`, to `<out>/<config>_rank<rank>.pt`:
 
 - `seen`: the micro-batches the training loop handed to this process's `training_step`;
@@ -12,22 +12,18 @@ For each configuration named on the command line, every process trains a tiny mo
 The test process recomputes the expected gradients by hand from `seen`. The optimizer is plain SGD
 at a constant learning rate, so `after = before - lr * grads` can be checked as well.
 
-    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_worker.py --out DIR ksam sam_ga2
+    python -m torch.distributed.run --standalone --nproc_per_node 2 -m tests.distributed.ddp_worker --out DIR ksam sam_ga2
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import torch
 
-if __package__ in (None, ""):  # run as a script: make `tests.*` and `ksam_hf` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from ksam_hf import KSAMConfig, KSAMTrainer  # noqa: E402
-from tests.tiny_models import GradientAtStep, make_case, recording, stack  # noqa: E402
+from ksam_hf import KSAMConfig, KSAMTrainer
+from tests.testing_utils import GradientAtStep, make_case, recording, stack
 
 PER_DEVICE_BATCH = 4
 DATASET_SIZE = 16
@@ -35,17 +31,17 @@ LEARNING_RATE = 0.1
 
 CONFIGS = {
     # name: (tiny_models case, seed, KSAMConfig fields)
-    "ksam": ("seqcls_single", 21, dict(sam_mode="ksam", ksam_k=2, gradient_accumulation_steps=1)),
-    "ksam_ga2": ("causal_lm", 22, dict(sam_mode="ksam", ksam_k=2, gradient_accumulation_steps=2)),
+    "ksam": ("seqcls_single", 21, dict(sam_mode="ksam", ksam_selection="top_k", ksam_k=2, gradient_accumulation_steps=1)),
+    "ksam_ga2": ("causal_lm", 22, dict(sam_mode="ksam", ksam_selection="top_k", ksam_k=2, gradient_accumulation_steps=2)),
     "sam_ga2": ("seqcls_single", 23, dict(sam_mode="sam", gradient_accumulation_steps=2)),
-    "ksam_sync": ("seqcls_single", 24, dict(sam_mode="ksam", ksam_k=2, sam_sync_ascent=True,
+    "ksam_sync": ("seqcls_single", 24, dict(sam_mode="ksam", ksam_selection="top_k", ksam_k=2, sam_sync_ascent=True,
                                             gradient_accumulation_steps=1)),
-    "ksam_sync_ga2": ("token", 25, dict(sam_mode="ksam", ksam_k=2, sam_sync_ascent=True,
+    "ksam_sync_ga2": ("token", 25, dict(sam_mode="ksam", ksam_selection="top_k", ksam_k=2, sam_sync_ascent=True,
                                         gradient_accumulation_steps=2)),
     # Rank 1's micro-batch has no labelled token (sequential sampling: rank 0 gets rows 0-3, rank 1 rows 4-7).
-    "unlabelled_rank": ("token", 26, dict(sam_mode="ksam", ksam_k=2, gradient_accumulation_steps=1,
+    "unlabelled_rank": ("token", 26, dict(sam_mode="ksam", ksam_selection="top_k", ksam_k=2, gradient_accumulation_steps=1,
                                           train_sampling_strategy="sequential")),
-    "unlabelled_rank_ksam_sync": ("token", 28, dict(sam_mode="ksam", ksam_k=2, sam_sync_ascent=True,
+    "unlabelled_rank_ksam_sync": ("token", 28, dict(sam_mode="ksam", ksam_selection="top_k", ksam_k=2, sam_sync_ascent=True,
                                                     gradient_accumulation_steps=1,
                                                     train_sampling_strategy="sequential")),
     "unlabelled_rank_sam_sync": ("token", 27, dict(sam_mode="sam", sam_sync_ascent=True,

@@ -101,3 +101,16 @@ def test_compute_metrics_squeezes_regression_scores():
 def test_predictions_from_logits_keeps_a_single_example():
     assert predictions_from_logits(np.array([[0.7]]), is_regression=True).tolist() == [pytest.approx(0.7)]
     assert predictions_from_logits(np.array([[0.1, 0.9]]), is_regression=False).tolist() == [1]
+
+
+def test_compute_metrics_scores_in_the_task_label_space():
+    """A model whose label ids are the task's reversed: F1 is still that of the task's positive class."""
+    model_to_task = [1, 0]  # model id 0 is the task's class 1
+    model_predictions, model_references = 1 - PREDICTIONS, 1 - REFERENCES
+    logits = np.eye(2)[model_predictions]
+    compute = make_compute_metrics("mrpc", is_regression=False, model_to_task=model_to_task)
+    result = compute(EvalPrediction(predictions=logits, label_ids=model_references))
+    assert result == glue_metrics("mrpc", PREDICTIONS, REFERENCES)
+    assert result["f1"] == pytest.approx(2 / 3)
+    assert glue_metrics("mrpc", model_predictions, model_references)["f1"] != pytest.approx(2 / 3)  # the wrong class
+

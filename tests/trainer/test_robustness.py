@@ -11,60 +11,19 @@ import torch
 from safetensors.torch import load_file
 from transformers import BertForSequenceClassification, TrainerCallback
 
-import ksam_hf.trainer as ksam_trainer
 from ksam_hf import KSAMConfig, KSAMTrainer
-from tests.test_ksam_step import assert_gradients_equal, ranked_by_own_loss, reference_sam_gradient, rows
-from tests.test_ksam_trainer import learnable_dataset
-from tests.tiny_models import GradientAtStep, as_dataset, bert_config, make_case, stack
+from tests.testing_utils import (GradientAtStep, as_dataset, assert_gradients_equal, assert_weights_equal, bert_config,
+                                 cpu_config,
+                                 learnable_dataset, make_case, plain_gradient, ranked_by_own_loss,
+                                 reference_sam_gradient, rows, stack, step_logs, weights)
 
 
-def weights(model) -> dict:
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
-
-
-def assert_weights_equal(model, expected: dict) -> None:
-    for name, p in model.named_parameters():
-        assert torch.equal(p, expected[name]), name
-
-
-def plain_gradient(model, batch: dict) -> dict:
-    reference = copy.deepcopy(model)
-    reference.zero_grad(set_to_none=True)
-    reference(**batch).loss.backward()
-    return {n: p.grad for n, p in reference.named_parameters()}
-
-
-def args_for(tmp_path, **overrides) -> KSAMConfig:
-    settings = dict(output_dir=str(tmp_path), report_to="none", use_cpu=True, disable_tqdm=True, save_strategy="no",
-                    seed=0, logging_steps=1)
-    settings.update(overrides)
-    return KSAMConfig(**settings)
-
-
-def step_logs(trainer) -> list[dict]:
-    return [log for log in trainer.state.log_history if "loss" in log]
+def args_for(output_dir, **overrides) -> KSAMConfig:
+    """The paper's top-k rule unless told otherwise: the hand references below rank by loss."""
+    return cpu_config(output_dir, **{"ksam_selection": "top_k", **overrides})
 
 
 # ------------------------------------------------------------------------------- checkpoints
-class PerturbationWindow:
-    """Tracks whether the weights are perturbed right now, by wrapping ksam_hf's perturb / restore."""
-
-    def __init__(self, monkeypatch):
-        self.perturbed, self.count = False, 0
-        perturb, restore = ksam_trainer.perturb_weights_, ksam_trainer.restore_weights_
-
-        def tracked_perturb(params, perturbation):
-            perturb(params, perturbation)
-            self.perturbed, self.count = True, self.count + 1
-
-        def tracked_restore(params, saved):
-            restore(params, saved)
-            self.perturbed = False
-
-        monkeypatch.setattr(ksam_trainer, "perturb_weights_", tracked_perturb)
-        monkeypatch.setattr(ksam_trainer, "restore_weights_", tracked_restore)
-
-
 class WeightsAtStepEnd(TrainerCallback):
     """The weights after each optimizer step (what a checkpoint of that step must hold)."""
 
@@ -78,25 +37,22 @@ class WeightsAtStepEnd(TrainerCallback):
 
 
 class CheckedSaves(KSAMTrainer):
-    """Fails if the Trainer ever saves while the weights are perturbed."""
+    """Fails if the Trainer saves a checkpoint whose weights are not those after the optimizer step
+    (`at_step_end`: a `WeightsAtStepEnd` callback of this trainer)."""
 
-    window: PerturbationWindow = None
+    at_step_end: WeightsAtStepEnd = None
     saves = 0
 
     def _save_checkpoint(self, model, trial):
-        assert not self.window.perturbed, "checkpoint saved while the weights are perturbed"
+        assert_weights_equal(model, self.at_step_end.weights[self.state.global_step])
         self.saves += 1
         super()._save_checkpoint(model, trial)
-
-    def save_model(self, output_dir=None, _internal_call=False):
-        assert not self.window.perturbed, "model saved while the weights are perturbed"
-        super().save_model(output_dir, _internal_call)
 
 
 N = 3  # optimizer steps before the interruption; the run has 2N
 
 
-def checkpoint_trainer(output_dir, window, callbacks=(), **overrides):
+def checkpoint_trainer(output_dir, callbacks=(), **overrides):
     torch.manual_seed(0)
     config = bert_config(num_labels=2)
     config.hidden_dropout_prob = 0.1  # dropout on: resuming must restore the RNG as well
@@ -104,26 +60,26 @@ def checkpoint_trainer(output_dir, window, callbacks=(), **overrides):
     settings = dict(max_steps=2 * N, per_device_train_batch_size=8, gradient_accumulation_steps=2,
                     learning_rate=3e-3, save_strategy="steps", save_steps=N, sam_mode="ksam", ksam_k=0.5)
     settings.update(overrides)
+    at_step_end = next((c for c in callbacks if isinstance(c, WeightsAtStepEnd)), None) or WeightsAtStepEnd()
     trainer = CheckedSaves(model=model, args=args_for(output_dir, **settings), train_dataset=learnable_dataset(40, 3),
-                           data_collator=stack, callbacks=list(callbacks))
-    trainer.window = window
+                           data_collator=stack, callbacks=list(callbacks) + [at_step_end] * (at_step_end not in callbacks))
+    trainer.at_step_end = at_step_end
     return trainer
 
 
-@pytest.mark.parametrize("mode", ["ksam", "sam"])
-def test_resume_matches_an_uninterrupted_run_and_checkpoints_hold_unperturbed_weights(mode, tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode,selection", [("ksam", "top_k"), ("ksam", "loss_sampled"), ("sam", "top_k")])
+def test_resume_matches_an_uninterrupted_run_and_checkpoints_hold_unperturbed_weights(mode, selection, tmp_path):
     """2N steps straight == N steps, checkpoint, resume to 2N (the data crosses an epoch boundary:
     40 examples, 16 per step). The checkpoint of step N holds, bit for bit, the weights the
-    uninterrupted run had after its optimizer step N, and no save happens inside a perturbation."""
-    window = PerturbationWindow(monkeypatch)
+    uninterrupted run had after its optimizer step N (every save is checked so). `loss_sampled`
+    draws from the random state that the checkpoint restores."""
     straight_weights = WeightsAtStepEnd()
-    straight = checkpoint_trainer(tmp_path / "straight", window, [straight_weights], sam_mode=mode)
+    straight = checkpoint_trainer(tmp_path / "straight", [straight_weights], sam_mode=mode, ksam_selection=selection)
     straight.train()
-    assert window.count == 10  # one perturbation per micro-batch: 5 per epoch (2 + 2 + 1, the last step short)
     assert straight.state.global_step == 2 * N and straight.saves == 2
 
     stop = WeightsAtStepEnd(stop_at=N)
-    interrupted = checkpoint_trainer(tmp_path / "interrupted", window, [stop], sam_mode=mode)
+    interrupted = checkpoint_trainer(tmp_path / "interrupted", [stop], sam_mode=mode, ksam_selection=selection)
     interrupted.train()
     assert interrupted.state.global_step == N
     checkpoint = tmp_path / "interrupted" / f"checkpoint-{N}"
@@ -131,7 +87,7 @@ def test_resume_matches_an_uninterrupted_run_and_checkpoints_hold_unperturbed_we
     for name, value in straight_weights.weights[N].items():
         assert torch.equal(saved[name], value), name
 
-    resumed = checkpoint_trainer(tmp_path / "interrupted", window, sam_mode=mode)
+    resumed = checkpoint_trainer(tmp_path / "interrupted", sam_mode=mode, ksam_selection=selection)
     resumed.train(resume_from_checkpoint=str(checkpoint))
     assert resumed.state.global_step == 2 * N
     straight_logs, resumed_logs = step_logs(straight), step_logs(resumed)
@@ -143,12 +99,11 @@ def test_resume_matches_an_uninterrupted_run_and_checkpoints_hold_unperturbed_we
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=name)
 
 
-def test_a_save_after_an_interrupted_step_holds_the_restored_weights(tmp_path, monkeypatch):
+def test_a_save_after_an_interrupted_step_holds_the_restored_weights(tmp_path):
     """A KeyboardInterrupt (Ctrl-C, or a preemption handler raising) in the descent at w + e, then an
     emergency `save_model`: the saved weights are those before the step, not the perturbed ones."""
-    window = PerturbationWindow(monkeypatch)
     at_end = WeightsAtStepEnd()
-    trainer = checkpoint_trainer(tmp_path, window, [at_end], save_strategy="no")
+    trainer = checkpoint_trainer(tmp_path, [at_end], save_strategy="no")
     model = trainer.model
     forward, calls = model.forward, []
 
@@ -156,47 +111,18 @@ def test_a_save_after_an_interrupted_step_holds_the_restored_weights(tmp_path, m
     def interrupted_forward(*args, **kwargs):
         calls.append(torch.is_grad_enabled())
         if len(calls) == 2 * 3 * 2 + 3:  # step 3, first micro-batch: rank, ascent, descent <- here
-            assert window.perturbed
+            assert any(not torch.equal(p, at_end.weights[2][n]) for n, p in model.named_parameters())  # at w + e
             raise KeyboardInterrupt
         return forward(*args, **kwargs)
 
     model.forward = interrupted_forward
     with pytest.raises(KeyboardInterrupt):
         trainer.train()
-    assert not window.perturbed
+    assert_weights_equal(model, at_end.weights[2])
     trainer.save_model(str(tmp_path / "emergency"))
     saved = load_file(str(tmp_path / "emergency" / "model.safetensors"))
     for name, value in at_end.weights[2].items():
         assert torch.equal(saved[name], value), name
-
-
-def memory_trainer(output_dir, callbacks=()):
-    import datasets
-
-    data = learnable_dataset(32, 2)
-    table = datasets.Dataset.from_dict({"input_ids": [d["input_ids"].tolist() for d in data],
-                                        "attention_mask": [d["attention_mask"].tolist() for d in data],
-                                        "labels": [int(d["labels"]) for d in data], "idx": list(range(32))})
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(bert_config(num_labels=2))
-    args = args_for(output_dir, num_train_epochs=3, per_device_train_batch_size=8, learning_rate=3e-3,
-                    save_strategy="steps", save_steps=6, ksam_selection="previous_loss")
-    return KSAMTrainer(model=model, args=args, train_dataset=table.with_format("torch"), data_collator=stack,
-                       callbacks=list(callbacks))
-
-
-def test_resume_with_previous_loss_selection_matches_an_uninterrupted_run(tmp_path):
-    straight = memory_trainer(tmp_path / "straight")
-    straight.train()
-    interrupted = memory_trainer(tmp_path / "interrupted", [WeightsAtStepEnd(stop_at=6)])  # mid epoch 2
-    interrupted.train()
-    resumed = memory_trainer(tmp_path / "interrupted")
-    resumed.train(resume_from_checkpoint=str(tmp_path / "interrupted" / "checkpoint-6"))
-    assert [log["loss"] for log in step_logs(resumed)] == pytest.approx(
-        [log["loss"] for log in step_logs(straight)], abs=1e-6)
-    for (name, p), q in zip(resumed.model.named_parameters(), straight.model.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=name)
-    # (The cumulative `sam_ranked_from_memory` count restarts from 0 on resume: not checked here.)
 
 
 # ------------------------------------------------------------------------------- faults
@@ -278,7 +204,7 @@ def test_non_finite_ascent_gradient_skips_the_perturbation(tmp_path):
     model.forward = poisoned_forward
     trainer.train()
     assert calls == [False, True, True]
-    assert trainer._sam_logs.skipped == 1
+    assert trainer.sam_statistics.skipped == 1
     log = step_logs(trainer)[0]
     assert log["sam_skipped_perturbations"] == 1 and "sam_ascent_grad_norm" not in log
     for name, p in model.named_parameters():
@@ -297,8 +223,8 @@ def test_infinite_loss_example_skips_the_perturbation(tmp_path):
     trainer = KSAMTrainer(model=model, args=args_for(tmp_path, ksam_k=2))
     loss = trainer.training_step(model, dict(batch))
     assert torch.isinf(loss)
-    assert trainer._sam_logs.skipped == 1
-    assert trainer._sam_logs.pop()["sam_skipped_perturbations"] == 1
+    assert trainer.sam_statistics.skipped == 1
+    assert trainer.sam_statistics.pop()["sam_skipped_perturbations"] == 1
     assert_weights_equal(model, before)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
@@ -321,7 +247,7 @@ def test_micro_batch_without_labels_is_skipped(tmp_path):
     log = step_logs(trainer)[0]
     assert log["loss"] == 0.0 and log["sam_unlabelled_batches"] == 1 and log["sam_skipped_perturbations"] == 0
     assert "sam_kept" not in log and "sam_ascent_grad_norm" not in log
-    assert trainer._sam_logs.empty == 1
+    assert trainer.sam_statistics.empty == 1
 
 
 @pytest.mark.parametrize("unlabelled", [0, 1])
@@ -362,7 +288,7 @@ def test_sam_mode_on_a_batch_without_labels(tmp_path):
     assert all(p.grad is not None and torch.count_nonzero(p.grad) == 0
                for p in model.parameters() if p.requires_grad and p.grad is not None)
     assert_weights_equal(model, before)
-    logs = trainer._sam_logs.pop()
+    logs = trainer.sam_statistics.pop()
     assert logs["sam_skipped_perturbations"] == 0 and "sam_unlabelled_batches" not in logs
     assert logs["sam_kept"] == 4 and logs["sam_ascent_grad_norm"] == 0.0
     assert logs["sam_kept_loss"] != logs["sam_kept_loss"]  # NaN
@@ -380,7 +306,7 @@ def test_batch_of_one(case, tmp_path):
         torch.testing.assert_close(loss, model(**batch).loss, rtol=1e-5, atol=1e-6)
     assert_weights_equal(model, before)
     assert_gradients_equal(model, expected)
-    assert trainer._sam_logs.pop()["sam_kept"] == 1
+    assert trainer.sam_statistics.pop()["sam_kept"] == 1
 
 
 def one_token_first_row(batch: dict, token: int = 5) -> dict:
@@ -405,11 +331,11 @@ def test_one_token_example_has_nothing_to_learn_and_is_never_kept(case, tmp_path
     with torch.no_grad():
         assert torch.isnan(model(**rows(batch, [0])).loss)
     expected = reference_sam_gradient(model, rows(batch, [1, 2, 3]), rho=0.05)
-    trainer = KSAMTrainer(model=model, args=args_for(tmp_path, ksam_k=1.0))
+    trainer = KSAMTrainer(model=model, args=args_for(tmp_path, ksam_k=4))
     loss = trainer.training_step(model, dict(batch))
     assert torch.isfinite(loss)
     assert_gradients_equal(model, expected)
-    assert trainer._sam_logs.pop()["sam_kept"] == 3
+    assert trainer.sam_statistics.pop()["sam_kept"] == 3
 
 
 def test_one_token_example_with_a_sequence_label_is_an_ordinary_example(tmp_path):
@@ -433,7 +359,7 @@ def test_batch_of_one_token_examples_only(tmp_path):
     trainer = KSAMTrainer(model=model, args=args_for(tmp_path))
     loss = trainer.training_step(model, dict(batch))
     assert loss == 0 and all(p.grad is None for p in model.parameters())
-    assert trainer._sam_logs.pop()["sam_unlabelled_batches"] == 1
+    assert trainer.sam_statistics.pop()["sam_unlabelled_batches"] == 1
 
 
 # ------------------------------------------------------------------------------- DeepSpeed / FSDP
@@ -454,7 +380,7 @@ def test_sharded_training_is_refused_with_sam(flag, tmp_path):
         Sharded(model=model, args=args_for(tmp_path, sam_mode="ksam"))
     with pytest.raises(ValueError, match="DeepSpeed or FSDP"):
         Sharded(model=model, args=args_for(tmp_path, sam_mode="sam"))
-    assert Sharded(model=model, args=args_for(tmp_path, sam_mode="none")).sam.mode == "none"
+    assert Sharded(model=model, args=args_for(tmp_path, sam_mode="none")).args.sam_mode == "none"
 
 
 def test_fsdp_argument_without_distributed_training_is_refused(tmp_path):

@@ -1,0 +1,59 @@
+"""What K-SAM's step records between two logs: examples kept, their loss, the ascent norm, skips,
+and the ranking pass's confidence (the health signal: a classifier collapsing to the uniform
+predictor shows as a mean top-class probability of 1 / classes)."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from .selection import Selected
+
+
+class StepStatistics:
+    """Running sums of the per-step SAM statistics between two logs; `pop` gives the log entries."""
+
+    def __init__(self) -> None:
+        self.skipped = 0  # perturbations skipped for a non-finite ascent norm (cumulative)
+        self.empty = 0  # micro-batches with no labelled example (cumulative)
+        self.last_selected: Optional[Selected] = None  # the latest micro-batch's selection (K-SAM)
+        self.perturbed_elements = 0  # weights the latest ascent moved (its e's size: the extra memory)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.steps, self.kept, self.norm_steps, self.norm = 0, 0, 0, 0.0
+        self.kept_loss = torch.zeros(())
+        self.confidence_steps, self.confidence = 0, torch.zeros(())
+
+    def add_ascent(self, kept: int, kept_loss: torch.Tensor, norm: float) -> None:
+        """One ascent pass: rows kept, their mean loss, the ascent gradient's norm (unscaled)."""
+        self.steps += 1
+        self.kept += kept
+        self.kept_loss = self.kept_loss.to(kept_loss.device) + kept_loss.float()
+        if math.isfinite(norm):
+            self.norm_steps += 1
+            self.norm += norm
+        else:
+            self.skipped += 1
+
+    def add_confidence(self, confidence: Optional[torch.Tensor]) -> None:
+        """The batch's mean top-class probability (None: not a single-label classifier)."""
+        if confidence is not None:
+            self.confidence_steps += 1
+            self.confidence = self.confidence.to(confidence.device) + confidence.float()
+
+    def pop(self) -> dict[str, float]:
+        logs: dict[str, float] = {"sam_skipped_perturbations": self.skipped}
+        if self.empty:
+            logs["sam_unlabelled_batches"] = self.empty
+        if self.steps:
+            logs["sam_kept"] = round(self.kept / self.steps, 4)
+            logs["sam_kept_loss"] = round(float(self.kept_loss) / self.steps, 4)
+        if self.norm_steps:
+            logs["sam_ascent_grad_norm"] = round(self.norm / self.norm_steps, 4)
+        if self.confidence_steps:
+            logs["sam_mean_max_prob"] = round(float(self.confidence) / self.confidence_steps, 4)
+        self._reset()
+        return logs

@@ -1,0 +1,91 @@
+"""Smoke tests of `python -m benchmarks.step_time`: a tiny random BERT, two timed steps, every
+output written; and the guard that keeps an earlier run's files.
+
+They check that the benchmark runs and reports every method with finite times, never how fast
+anything is (the targets are the script's business, on a quiet machine at full size). One torch
+thread: on a busy 2-core machine, two threads fighting for the cores make a tiny step 10x slower.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import step_time
+from benchmarks.measure import LIBRARY_PHASES
+
+METHODS = ["adamw", "sam", "ksam@0.1", "ksam@0.25", "ksam@0.5", "ksam@0.25+top_k", "ksam@0.25+dropout_rank",
+           "ksam@0.25+previous_loss"]
+SMOKE = ["--model", "tiny", "--inputs", "fixed", "--steps", "2", "--warmup", "1", "--batch-size", "8",
+         "--seq-len", "16", "--threads", "1", "--quiet"]
+
+
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_step_time_benchmark_writes_every_method(tmp_path, restore_threads):
+    result = step_time.main(SMOKE + ["--profile", "--output-dir", str(tmp_path), "--tag", "smoke"])
+
+    with open(tmp_path / "smoke.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["method"] for r in rows] == METHODS
+    for r in rows:
+        for column in ("median_ms", "bound_ms", "ratio_to_adamw", "measured_over_bound", "peak_step_mib"):
+            value = float(r[column])
+            assert math.isfinite(value) and value >= 0, (r["method"], column, r[column])
+        assert float(r["median_ms"]) > 0
+    assert {r["method"]: int(r["k_examples"]) for r in rows if r["mode"] == "ksam"} == {
+        "ksam@0.1": 1, "ksam@0.25": 2, "ksam@0.5": 4, "ksam@0.25+top_k": 2, "ksam@0.25+dropout_rank": 2,
+        "ksam@0.25+previous_loss": 2}
+
+    with open(tmp_path / "smoke.json") as f:
+        saved = json.load(f)
+    assert saved == json.loads(json.dumps(result))
+    runners = METHODS + [f"bound:{m}" for m in METHODS]
+    assert sorted(saved["step_times_s"]) == sorted(runners)
+    for name in runners:
+        times = saved["step_times_s"][name]
+        assert len(times) == 2 and all(math.isfinite(t) and t > 0 for t in times), name
+        assert name in saved["peak_step_bytes"]
+    for key in ("platform", "cpu_count", "torch", "torch_threads"):
+        assert saved["machine"][key] is not None
+    assert {t["method"] for t in saved["targets"]} == set(METHODS) - {"adamw"}
+    assert (tmp_path / "smoke.png").stat().st_size > 0
+
+    methods = saved["methods"]
+    assert methods["ksam@0.25"]["ksam_selection"] == "loss_sampled"
+    assert methods["ksam@0.25+top_k"]["ksam_selection"] == "top_k"
+    assert methods["ksam@0.25+dropout_rank"]["ksam_rank_without_dropout"] is False
+    previous = methods["ksam@0.25+previous_loss"]
+    assert previous["ranked_from_memory"] == previous["steps"] == 2 + 1 + 1  # warm-up, timed, memory step
+
+    phases = saved["profile"]["ksam@0.25"]["phases"]
+    assert set(LIBRARY_PHASES) <= set(phases)  # read from the library's own record_function labels
+    assert not any(key.startswith("ksam/") for key in saved["profile"]["adamw"]["phases"])
+    profile_text = (tmp_path / "smoke_profile_ksam_k0.25.txt").read_text()
+    assert all(phase in profile_text for phase in LIBRARY_PHASES)
+    assert (tmp_path / "smoke_profile_adamw.txt").is_file()
+
+
+def test_step_time_refuses_to_overwrite_an_earlier_run(tmp_path):
+    earlier = tmp_path / "smoke.json"
+    earlier.write_text("{}")
+    with pytest.raises(SystemExit) as stopped:
+        step_time.main(SMOKE + ["--output-dir", str(tmp_path), "--tag", "smoke"])
+    message = str(stopped.value.code)
+    assert str(earlier) in message and "--overwrite" in message and "\n" not in message
+    assert earlier.read_text() == "{}"
+
+
+def test_step_time_writes_outside_the_committed_results_by_default():
+    output_dir = step_time.parse_args([]).output_dir
+    assert output_dir == Path(step_time.__file__).resolve().parents[1] / "runs" / "benchmarks"

@@ -1,0 +1,85 @@
+"""The reproduction driver: method specs, skipping finished runs, and the summary table's arithmetic."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from glue_scripts import reproduce_glue as rg
+
+
+def grid(tmp_path, **overrides) -> rg.ReproductionArguments:
+    settings = dict(model_name_or_path="m", tasks=["rte", "cola"], methods=["adamw", "ksam@ksam_k=0.1"], seeds=[1, 2],
+                    results_dir=str(tmp_path), runs_dir=str(tmp_path / "runs"))
+    settings.update(overrides)
+    return rg.ReproductionArguments(**settings)
+
+
+def test_method_specs(tmp_path):
+    """Every SAM field a method uses is written out (the library's defaults where the spec is silent),
+    numbers in one spelling, so a run's key does not move with a default or a way of writing it."""
+    from ksam_hf import KSAMConfig
+
+    args = grid(tmp_path)
+    defaults = KSAMConfig(output_dir=str(tmp_path))
+    assert rg.method_settings("adamw", args) == {"optimizer": "adamw"}
+    assert rg.method_settings("adamw@learning_rate=1e-4", args) == {"optimizer": "adamw", "learning_rate": "0.0001"}
+    assert rg.method_settings("ksam@ksam_k=8@sam_rho=2e-2@ksam_selection=top_k", args) == {
+        "optimizer": "ksam", "sam_rho": "0.02", "ksam_k": "8", "ksam_selection": "top_k",
+        "ksam_uniform_mix": str(defaults.ksam_uniform_mix), "sam_adaptive": "False",
+        "ksam_rank_without_dropout": "True", "sam_sync_ascent": "False"}
+    assert rg.method_settings("sam", args) == {"optimizer": "sam", "sam_rho": "0.05", "sam_adaptive": "False",
+                                               "sam_sync_ascent": "False"}
+    with pytest.raises(ValueError, match="--methods"):
+        rg.method_settings("adam", args)
+    with pytest.raises(ValueError, match="--methods"):
+        rg.method_settings("ksam@kk=3", args)
+
+
+def test_grid_skips_finished_runs_and_summarises(tmp_path, monkeypatch):
+    args = grid(tmp_path)
+    scores = {("rte", "adamw", 1): 0.60, ("rte", "adamw", 2): 0.64, ("rte", "ksam@ksam_k=0.1", 1): 0.62,
+              ("rte", "ksam@ksam_k=0.1", 2): 0.66, ("cola", "adamw", 1): 0.30, ("cola", "adamw", 2): 0.34,
+              ("cola", "ksam@ksam_k=0.1", 1): 0.40, ("cola", "ksam@ksam_k=0.1", 2): 0.36}
+    calls = []
+
+    def fake_run(task, method, seed, settings, args):
+        calls.append((task, method, seed))
+        runtime = 100.0 if method == "adamw" else 80.0
+        results = {f"eval_{rg.MAIN_METRIC[task]}": scores[task, method, seed], "train_runtime": runtime,
+                   "train_median_step_time": runtime / 50, "train_steps": 50, "eval_loss": 0.5 + seed / 10}
+        return {"task": task, "method": method, "seed": seed, "key": rg.run_key(settings),
+                "metric": rg.MAIN_METRIC[task], "score": scores[task, method, seed], "settings": settings,
+                "results": results}
+
+    monkeypatch.setattr(rg, "run_one", fake_run)
+    argv = ["--model_name_or_path", "m", "--tasks", "rte", "cola", "--methods", "adamw", "ksam@ksam_k=0.1",
+            "--seeds", "1", "2", "--results_dir", str(tmp_path), "--runs_dir", str(tmp_path / "runs")]
+    rg.main(argv)
+    assert len(calls) == 8
+    rg.main(argv)  # everything done: nothing runs again
+    assert len(calls) == 8
+    rg.main(argv[:-4] + ["--learning_rate", "1e-4", "--results_dir", str(tmp_path), "--runs_dir", "x"])
+    assert len(calls) == 16  # a changed hyper-parameter is a new run
+
+    rg.main(argv[:-4] + ["--tasks", "rte", "--summarize_only", "--results_dir", str(tmp_path),
+                         "--runs_dir", str(tmp_path / "runs")])
+    table = (tmp_path / "results.md").read_text()  # every task recorded, not only those of the last call
+    # rte ksam: mean 64.0, sample std of (62, 66) = 2.83; cola adamw: 32.0 +- 2.8; averages over tasks.
+    assert "| ksam@ksam_k=0.1 | 64.0 ± 2.8 (n=2) | 38.0 ± 2.8 (n=2) | 51.0 |" in table
+    assert "| adamw | 62.0 ± 2.8 (n=2) | 32.0 ± 2.8 (n=2) | 47.0 |" in table
+    assert "| adamw | 0.650 | 0.650 |" in table  # eval loss: mean of 0.6 and 0.7
+    # Paired differences (x 100): rte +2, +2 -> [+2, +2]; cola +10, +2 -> 6 +- t(0.975, 1) * sd / sqrt(2),
+    # t = 12.7062, sd = 5.657 -> half-width 50.82; average over tasks per seed: 6, 2 -> 4 +- 25.41.
+    assert "| ksam@ksam_k=0.1 | +2.0 [+2.0, +2.0] | +6.0 [-44.8, +56.8] | +4.0 [-21.4, +29.4] |" in table
+    assert "| ksam@ksam_k=0.1 | 0.80 | 0.80 | 0.80 | 0.80 |" in table  # step and time ratios
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 16 and (tmp_path / "score_vs_time.png").stat().st_size > 0
+
+
+def test_a_truncated_line_is_reported_and_skipped(tmp_path, capsys):
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps({"task": "rte"}) + "\n" + '{"task": "co' + "\n" + json.dumps({"task": "cola"}) + "\n")
+    assert [row["task"] for row in rg.load_rows(path)] == ["rte", "cola"]
+    assert f"{path}:2: skipped" in capsys.readouterr().err

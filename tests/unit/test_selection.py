@@ -1,0 +1,87 @@
+"""The selection rules' arithmetic against values worked out by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ksam_hf.selection import (LossSampled, Ranking, TopK, adaptive_k, inclusion_probabilities, systematic_sample,
+                               top_k_indices)
+
+
+def test_inclusion_probabilities_by_hand():
+    # p = 0.5 * s / 10 + 0.5 / 4 = [0.175, 0.225, 0.275, 0.325]; pi = 2 p
+    pi = inclusion_probabilities(torch.tensor([1.0, 2.0, 3.0, 4.0]), k=2, uniform_mix=0.5)
+    torch.testing.assert_close(pi, torch.tensor([0.35, 0.45, 0.55, 0.65], dtype=torch.float64))
+
+
+def test_inclusion_probabilities_are_capped_at_one_and_the_rest_respread():
+    # p = [0.125, 0.125, 0.125, 0.625]; 2 p exceeds 1 for the last: it is kept surely, and the one
+    # remaining draw is spread over the others in proportion to p (1/3 each).
+    pi = inclusion_probabilities(torch.tensor([0.0, 0.0, 0.0, 10.0]), k=2, uniform_mix=0.5)
+    torch.testing.assert_close(pi, torch.tensor([1 / 3, 1 / 3, 1 / 3, 1.0], dtype=torch.float64))
+    # Two rounds of capping: p = [0.05, 0.05, 0.45, 0.45] at mix 0.2 -> 3 p = [.15, .15, 1.35, 1.35].
+    pi = inclusion_probabilities(torch.tensor([0.0, 0.0, 1.0, 1.0]), k=3, uniform_mix=0.2)
+    torch.testing.assert_close(pi, torch.tensor([0.5, 0.5, 1.0, 1.0], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("mix,expected", [(1.0, [0.5, 0.5, 0.5, 0.5]), (0.0, [0.0, 0.4, 0.8, 0.8])])
+def test_uniform_mix_one_is_uniform_and_zero_follows_the_loss_alone(mix, expected):
+    # mix 0: pi = 2 * s / 5 = [0, 0.4, 0.8, 0.8]
+    pi = inclusion_probabilities(torch.tensor([0.0, 1.0, 2.0, 2.0]), k=2, uniform_mix=mix)
+    torch.testing.assert_close(pi, torch.tensor(expected, dtype=torch.float64))
+
+
+def test_systematic_sample_keeps_exactly_k_with_the_given_probabilities():
+    pi = torch.tensor([0.1, 0.9, 0.5, 0.5, 1.0, 0.0], dtype=torch.float64)  # sums to 3
+    generator = torch.Generator().manual_seed(0)
+    draws = 20000
+    counts = torch.zeros(6)
+    for _ in range(draws):
+        kept = systematic_sample(pi, generator)
+        assert kept.numel() == 3 and kept.unique().numel() == 3 and torch.equal(kept, kept.sort().values)
+        counts[kept] += 1
+    frequency = counts / draws
+    standard_error = (pi * (1 - pi) / draws).sqrt().float()
+    assert torch.all((frequency - pi.float()).abs() <= 4 * standard_error + 1e-9), frequency
+    assert frequency[4] == 1 and frequency[5] == 0
+
+
+def test_loss_sampled_weights_are_inverse_probabilities_over_the_batch_items():
+    """Scores [1, 2, 3, 4] (one item each) and one unlabelled row: pi over the labelled four as in
+    the by-hand test; the descent divides by the labelled items (4), so sum(w_i l_i) / 4 estimates
+    the mean loss."""
+    ranking = Ranking(torch.tensor([1.0, 2.0, 9.0, 3.0, 4.0]), torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0]))
+    selected = LossSampled(uniform_mix=0.5).select(ranking, 2, torch.Generator().manual_seed(3))
+    pi = {0: 0.35, 1: 0.45, 3: 0.55, 4: 0.65}
+    kept = selected.ascent.tolist()
+    assert len(kept) == 2 and 2 not in kept and selected.descent.tolist() == kept
+    torch.testing.assert_close(selected.descent_weights, torch.tensor([1 / pi[i] for i in kept]))
+    assert selected.descent_items == 4.0
+
+
+def test_top_k_keeps_the_highest_labelled_losses_with_their_mean():
+    ranking = Ranking(torch.tensor([0.5, float("nan"), 3.0, 2.0, 9.0]), torch.tensor([2.0, 1.0, 3.0, 1.0, 0.0]))
+    selected = TopK().select(ranking, 2)
+    assert selected.ascent.tolist() == [2, 3] and selected.descent_weights is None
+    assert selected.descent_items is None  # the mean over the kept rows' own items
+    assert top_k_indices(ranking.scores, ranking.counts, 10).tolist() == [0, 1, 2, 3]  # NaN last, unlabelled never
+
+
+@pytest.mark.parametrize("losses,share,floor,expected", [
+    ([4.0, 3.0, 2.0, 1.0], 0.5, 1, 2),  # 4 + 3 = 7 >= 5
+    ([4.0, 3.0, 2.0, 1.0], 0.4, 1, 1),  # 4 >= 4
+    ([4.0, 3.0, 2.0, 1.0], 1.0, 1, 4),
+    ([4.0, 3.0, 2.0, 1.0], 0.5, 3, 3),  # the floor
+    ([1.0, 1.0, 1.0, 1.0], 0.5, 1, 2),
+    ([0.0, 0.0, 0.0, 0.0], 0.5, 2, 2),  # nothing to carry: the floor
+])
+def test_adaptive_k_by_hand(losses, share, floor, expected):
+    ranking = Ranking(torch.tensor(losses), torch.ones(len(losses)))
+    assert adaptive_k(ranking, share, floor) == expected
+
+
+def test_adaptive_k_weighs_token_examples_by_their_loss_sums():
+    # mean losses [1, 2] over [6, 1] tokens: sums [6, 2]; 6 >= 0.5 * 8 -> one example
+    ranking = Ranking(torch.tensor([1.0, 2.0]), torch.tensor([6.0, 1.0]))
+    assert adaptive_k(ranking, 0.5, 1) == 1
