@@ -30,13 +30,15 @@ PY
 fi
 if [[ $stage == 2 || $stage == all ]]; then
   lr=$(cat $out/lr.txt)
-  methods=()
+  base=(--learning_rate "$lr" --baseline "adamw@learning_rate=$lr")
+  main=() others=()
   for rho in 0.002 0.01 0.05; do
-    methods+=(ksam@ksam_selection=loss_sampled@sam_rho=$rho sam@sam_rho=$rho)
+    main+=(ksam@ksam_selection=loss_sampled@ksam_uniform_mix=0.5@sam_rho=$rho sam@sam_rho=$rho)
+    others+=(ksam@ksam_selection=top_k@sam_rho=$rho
+             ksam@ksam_selection=loss_sampled@ksam_uniform_mix=0.5@ksam_k=0.125@ksam_loss_share=0.5@sam_rho=$rho)
   done
-  for rho in 0.002 0.01 0.05; do
-    methods+=(ksam@ksam_selection=top_k@sam_rho=$rho ksam@ksam_selection=loss_sampled@ksam_k=0.125@ksam_loss_share=0.5@sam_rho=$rho)
-  done
-  python glue_scripts/reproduce_glue.py "${common[@]}" --learning_rate "$lr" --baseline "adamw@learning_rate=$lr" \
-    --methods "adamw@learning_rate=$lr" "${methods[@]}"
+  # The new selection and SAM on both tasks first, then the paper's rule and adaptive k.
+  python glue_scripts/reproduce_glue.py "${common[@]}" "${base[@]}" --methods "adamw@learning_rate=$lr" "${main[@]}"
+  python glue_scripts/reproduce_glue.py "${common[@]}" "${base[@]}" --methods "adamw@learning_rate=$lr" "${main[@]}" \
+    "${others[@]}"
 fi

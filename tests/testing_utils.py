@@ -28,6 +28,25 @@ def bert_config(**kwargs) -> BertConfig:
                       attention_probs_dropout_prob=0.0, pad_token_id=PAD, **kwargs)
 
 
+class TwoHeadClassifier(BertForSequenceClassification):
+    """A classifier with a second head that only rows with `use_second=1` use: a process whose rows
+    all have 0 leaves that head without a gradient (as a mixture of experts or a routed adapter does)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.second = torch.nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, input_ids=None, attention_mask=None, use_second=None, labels=None, **kwargs):
+        outputs = super().forward(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
+                                  **kwargs)
+        if use_second is not None and bool(use_second.any()):
+            pooled = outputs.hidden_states[-1][:, 0]
+            outputs.logits = outputs.logits + use_second.view(-1, 1) * self.second(pooled)
+        if labels is not None:
+            outputs.loss = torch.nn.functional.cross_entropy(outputs.logits, labels)
+        return outputs
+
+
 def tiny_llama(seed: int = 0):
     """A 2-layer Llama (separates the sequences of a packed row by their `position_ids`)."""
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -23,7 +23,7 @@ import os
 import torch
 
 from ksam_hf import KSAMConfig, KSAMTrainer
-from tests.testing_utils import GradientAtStep, make_case, recording, stack
+from tests.testing_utils import GradientAtStep, TwoHeadClassifier, bert_config, make_case, recording, stack
 
 PER_DEVICE_BATCH = 4
 DATASET_SIZE = 16
@@ -44,6 +44,11 @@ CONFIGS = {
     "unlabelled_rank_ksam_sync": ("token", 28, dict(sam_mode="ksam", ksam_selection="top_k", ksam_k=2, sam_sync_ascent=True,
                                                     gradient_accumulation_steps=1,
                                                     train_sampling_strategy="sequential")),
+    # Rank 1's rows use a second head that rank 0's leave without a gradient: the synced ascent
+    # gradient must still be the mean over one tensor per parameter on every process.
+    "sync_unused_params": ("two_heads", 29, dict(sam_mode="sam", sam_sync_ascent=True, gradient_accumulation_steps=1,
+                                                 train_sampling_strategy="sequential",
+                                                 ddp_find_unused_parameters=True)),
     "unlabelled_rank_sam_sync": ("token", 27, dict(sam_mode="sam", sam_sync_ascent=True,
                                                    gradient_accumulation_steps=1,
                                                    train_sampling_strategy="sequential")),
@@ -52,6 +57,12 @@ CONFIGS = {
 
 def dataset_for(name: str):
     case, seed, _ = CONFIGS[name]
+    if case == "two_heads":
+        _, batch = make_case("seqcls_single", batch_size=DATASET_SIZE, seed=seed)
+        torch.manual_seed(seed)
+        model = TwoHeadClassifier(bert_config(num_labels=3))
+        batch["use_second"] = (torch.arange(DATASET_SIZE) // PER_DEVICE_BATCH % 2).float()
+        return model, [{k: v[i] for k, v in batch.items()} for i in range(DATASET_SIZE)]
     model, batch = make_case(case, batch_size=DATASET_SIZE, seed=seed)
     if name.startswith("unlabelled_rank"):
         batch["labels"][PER_DEVICE_BATCH:] = -100

@@ -27,7 +27,7 @@ from tests.testing_utils import REPO, ranked_by_own_loss, rows
 ROOT = REPO
 WORLD = 2
 RHO = 0.05
-CONFIG_NAMES = ["ksam", "ksam_ga2", "sam_ga2", "ksam_sync", "ksam_sync_ga2"]
+CONFIG_NAMES = ["ksam", "ksam_ga2", "sam_ga2", "ksam_sync", "ksam_sync_ga2", "sync_unused_params"]
 EXTRA_CONFIGS = ["unlabelled_rank_sam_sync"]  # launched with the above, checked by their own tests
 
 
@@ -91,6 +91,8 @@ def items(case: str, batch: dict) -> float:
         return float(labels[:, 1:].ne(-100).sum())
     if case == "token":
         return float(labels.ne(-100).sum())
+    if case == "two_heads":
+        return float(labels.shape[0])
     return float(labels.shape[0])
 
 
