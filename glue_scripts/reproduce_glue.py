@@ -73,9 +73,9 @@ class ReproductionArguments:
     summarize_only: bool = field(default=False, metadata={"help": "Rewrite the summary from results.jsonl."})
 
 
-OVERRIDABLE_TRAINING_FIELDS = ("learning_rate",)
-"""Fields of the training arguments a method spec may set besides the `KSAMConfig` SAM fields (a
-learning-rate grid is a list of methods, e.g. `adamw@learning_rate=5e-5`)."""
+OVERRIDABLE_TRAINING_FIELDS = ("learning_rate", "num_train_epochs", "model_name_or_path")
+"""Settings a method spec may set besides the `KSAMConfig` SAM fields: a learning-rate grid is a list
+of methods (`adamw@learning_rate=5e-5`), a warm start another model and fewer epochs."""
 
 
 def normalized(value: str) -> str:
@@ -180,9 +180,15 @@ def append_row(path: Path, row: dict) -> None:
         os.fsync(handle.fileno())
 
 
+def run_dir(task: str, method: str, seed: int, args: ReproductionArguments) -> Path:
+    """Where a run writes (its model, logs): the run's key in the name, so that runs that differ in any
+    setting never share a folder."""
+    name = method.replace("@", "_").replace("=", "-").replace("/", "-")
+    return Path(args.runs_dir) / task / name / f"seed{seed}-{run_key(run_settings(task, method, seed, args))}"
+
+
 def run_one(task: str, method: str, seed: int, settings: dict[str, str], args: ReproductionArguments) -> dict:
-    # The run's key in the folder name: runs that differ in any setting never share a folder.
-    output_dir = Path(args.runs_dir) / task / method.replace("@", "_").replace("=", "-") / f"seed{seed}-{run_key(settings)}"
+    output_dir = run_dir(task, method, seed, args)
     # A folder left by a crashed attempt at this very run (same settings, same key) is started afresh.
     command = [sys.executable, str(RUN_GLUE), "--do_train", "--do_eval", "--output_dir", str(output_dir),
                "--overwrite_output_dir"]
