@@ -34,8 +34,7 @@ import pandas as pd
 from scipy import stats
 from transformers import HfArgumentParser
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ksam_hf import KSAMConfig  # noqa: E402
+from ksam_hf import KSAMConfig
 
 TASK_ORDER = ("rte", "mrpc", "cola", "stsb", "sst2", "qnli", "mnli", "qqp", "wnli")
 """The order of the tables' columns."""
@@ -70,6 +69,11 @@ class ReproductionArguments:
         default_factory=list,
         metadata={"help": "Per-task caps on the training set, as task=N (e.g. sst2=8000); default: full."})
     baseline: str = field(default="adamw", metadata={"help": "Method that times are relative to."})
+    reuse_runs_from: Optional[str] = field(
+        default=None,
+        metadata={"help": "Another results.jsonl: its runs whose settings are exactly those of a run of this grid "
+                          "are recorded here under this grid's method name (marked `reused_from`) instead of "
+                          "being run again."})
     summarize_only: bool = field(default=False, metadata={"help": "Rewrite the summary from results.jsonl."})
 
 
@@ -388,6 +392,17 @@ def plot_curves(rows: list[dict], tasks: list[str], methods: list[str], path: Pa
     plt.close(fig)
 
 
+def reuse_runs(source: Path, raw: Path, args: ReproductionArguments) -> None:
+    """Record the runs of `source` that this grid would repeat exactly (same settings, hence same key)."""
+    done = {(r["task"], r["seed"], r["key"]) for r in load_rows(raw)}
+    for row in load_rows(source):
+        for method in args.methods:
+            if row["task"] in args.tasks and row["seed"] in args.seeds and (row["task"], row["seed"], row["key"]) \
+                    not in done and row["key"] == run_key(run_settings(row["task"], method, row["seed"], args)):
+                append_row(raw, {**row, "method": method, "reused_from": f"{source}: {row['method']}"})
+                done.add((row["task"], row["seed"], row["key"]))
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     parser = HfArgumentParser(ReproductionArguments)
     if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
@@ -401,6 +416,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     if not args.summarize_only:
         for method in args.methods:
             method_settings(method, args)  # refuse a bad method before hours of runs
+        if args.reuse_runs_from:
+            reuse_runs(Path(args.reuse_runs_from), raw, args)
         for seed in args.seeds:  # seeds outermost and methods innermost: a method's runs interleave
             for task in args.tasks:  # with the others', so the machine's drift touches all alike
                 for method in args.methods:

@@ -83,3 +83,41 @@ def test_a_truncated_line_is_reported_and_skipped(tmp_path, capsys):
     path.write_text(json.dumps({"task": "rte"}) + "\n" + '{"task": "co' + "\n" + json.dumps({"task": "cola"}) + "\n")
     assert [row["task"] for row in rg.load_rows(path)] == ["rte", "cola"]
     assert f"{path}:2: skipped" in capsys.readouterr().err
+
+
+def test_pick_rho_takes_each_family_best_mean_over_the_tasks():
+    from glue_scripts.pick_rho import pick
+
+    def row(task, method, rho, score):
+        return {"task": task, "method": method, "score": score, "settings": {"sam_rho": str(rho)}}
+
+    rows = [row("mrpc", "sam@sam_rho=0.01", 0.01, 0.80), row("cola", "sam@sam_rho=0.01", 0.01, 0.30),   # mean 0.55
+            row("mrpc", "sam@sam_rho=0.05", 0.05, 0.70), row("cola", "sam@sam_rho=0.05", 0.05, 0.36),   # mean 0.53
+            row("mrpc", "ksam@ksam_selection=top_k@sam_rho=0.002", 0.002, 0.70),
+            row("cola", "ksam@ksam_selection=top_k@sam_rho=0.002", 0.002, 0.0),                       # mean 0.35
+            row("mrpc", "ksam@ksam_selection=top_k@sam_rho=0.01", 0.01, 0.70),
+            row("cola", "ksam@ksam_selection=top_k@sam_rho=0.01", 0.01, 0.0),                         # a tie
+            row("mrpc", "ksam@ksam_selection=loss_sampled@sam_rho=0.05", 0.05, 0.9),                  # one task only
+            row("mrpc", "ksam@ksam_selection=loss_sampled@ksam_loss_share=0.5@sam_rho=0.01", 0.01, 0.8),
+            row("cola", "ksam@ksam_selection=loss_sampled@ksam_loss_share=0.5@sam_rho=0.01", 0.01, 0.3),
+            row("mrpc", "adamw", 0.0, 0.85), row("cola", "adamw", 0.0, 0.35)]
+    assert pick(rows) == {"sam": 0.01, "top_k": 0.002, "adaptive_k": 0.01}
+
+
+def test_runs_of_another_grid_with_the_same_settings_are_reused(tmp_path, monkeypatch):
+    """A tuning run is the grid's run when every setting agrees: recorded under the grid's name."""
+    tuning = grid(tmp_path / "tuning", methods=["adamw@learning_rate=1e-4"], learning_rate=1e-4, seeds=[1])
+    (tmp_path / "tuning").mkdir()
+    settings = rg.run_settings("rte", "adamw@learning_rate=1e-4", 1, tuning)
+    other = rg.run_settings("rte", "adamw@learning_rate=5e-5", 1, tuning)
+    rows = [{"task": "rte", "method": m, "seed": 1, "key": rg.run_key(s), "metric": "accuracy", "score": score,
+             "settings": s, "results": {}} for m, s, score in
+            [("adamw@learning_rate=1e-4", settings, 0.6), ("adamw@learning_rate=5e-5", other, 0.5)]]
+    (tmp_path / "tuning" / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(rg, "run_one", lambda *args: pytest.fail(f"ran {args[:3]} again"))
+    rg.main(["--model_name_or_path", "m", "--tasks", "rte", "--methods", "adamw", "--seeds", "1",
+             "--learning_rate", "1e-4", "--results_dir", str(tmp_path / "grid"), "--runs_dir", str(tmp_path / "runs"),
+             "--reuse_runs_from", str(tmp_path / "tuning" / "results.jsonl")])
+    recorded = [json.loads(line) for line in (tmp_path / "grid" / "results.jsonl").read_text().splitlines()]
+    assert [(r["method"], r["score"]) for r in recorded] == [("adamw", 0.6)]
+    assert recorded[0]["reused_from"].endswith("results.jsonl: adamw@learning_rate=1e-4")

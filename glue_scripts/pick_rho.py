@@ -1,0 +1,48 @@
+"""Print, as JSON, each SAM method's rho with the best mean dev score over the tuning tasks.
+
+    python -m glue_scripts.pick_rho docs/results/glue-tuning    # -> {"sam": 0.01, "top_k": ..., ...}
+
+A method family is recognised from its spec (`sam@...`, `ksam@ksam_selection=top_k@...`, loss-sampled
+with or without `ksam_loss_share`); only rhos run on every tuning task compete; a tie goes to the
+smaller rho.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from glue_scripts.reproduce_glue import load_rows
+
+
+def family(method: str) -> str | None:
+    if method.startswith("sam@"):
+        return "sam"
+    if "ksam_selection=top_k" in method:
+        return "top_k"
+    if "ksam_loss_share" in method:
+        return "adaptive_k"
+    if "ksam_selection=loss_sampled" in method:
+        return "loss_sampled"
+    return None
+
+
+def pick(rows: list[dict]) -> dict[str, float]:
+    tasks = {r["task"] for r in rows}
+    scores: dict[tuple[str, float], dict[str, float]] = {}
+    for r in rows:
+        name = family(r["method"])
+        if name is not None:
+            scores.setdefault((name, float(r["settings"]["sam_rho"])), {})[r["task"]] = r["score"]
+    best: dict[str, tuple[float, float]] = {}
+    for (name, rho), by_task in sorted(scores.items(), key=lambda item: item[0][1]):
+        if set(by_task) == tasks:
+            mean = sum(by_task.values()) / len(by_task)
+            if name not in best or mean > best[name][0]:
+                best[name] = (mean, rho)
+    return {name: rho for name, (_, rho) in best.items()}
+
+
+if __name__ == "__main__":
+    print(json.dumps(pick(load_rows(Path(sys.argv[1]) / "results.jsonl")), indent=2))
