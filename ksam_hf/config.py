@@ -39,7 +39,9 @@ class KSAMConfig(TrainingArguments):
             by the inverse of its probability, so the step descends on an unbiased estimate of the
             batch's mean loss. `"top_k"`: the paper's rule, the k highest losses for both passes;
             it minimises the mean of the largest losses, not the mean loss, and can hold a
-            classifier at the uniform predictor (`docs/selection.md`).
+            classifier at the uniform predictor (`docs/selection.md`). `"top_k_ascent"`: the
+            ascent on the k highest losses, the descent on the whole batch (SAM's objective with a
+            cheaper ascent; a step costs more than the base optimizer's).
         ksam_uniform_mix (`float`, *optional*, defaults to `0.5`):
             `"loss_sampled"` only: the share of the sampling probability spread evenly over the
             batch (the rest goes in proportion to the losses). It bounds an example's weight at
@@ -74,8 +76,9 @@ class KSAMConfig(TrainingArguments):
     )
     ksam_selection: str = field(
         default="loss_sampled",
-        metadata={"help": "Which examples K-SAM keeps: 'loss_sampled' (sampled by loss, unbiased descent) "
-                          "or 'top_k' (the paper's k highest losses).",
+        metadata={"help": "Which examples K-SAM keeps: 'loss_sampled' (sampled by loss, unbiased descent), "
+                          "'top_k' (the paper's k highest losses) or 'top_k_ascent' (ascent on the top k, "
+                          "descent on the whole batch).",
                   "choices": list(SELECTION_RULES)},
     )
     ksam_uniform_mix: float = field(

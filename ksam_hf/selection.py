@@ -142,7 +142,17 @@ class LossSampled(SelectionRule):
         return Selected(kept, kept, weights, float(ranking.counts[labelled].sum()))
 
 
-SELECTION_RULES = {"loss_sampled": LossSampled, "top_k": TopK}
+class TopKAscent(SelectionRule):
+    """The ascent on the k highest losses (where the loss is sharpest), the descent on the whole
+    batch at w + e: SAM's objective, with a perturbation that costs k examples instead of B. The
+    step costs more than the base optimizer's (a full forward + backward plus the ranking pass and
+    the ascent on k), less than SAM's."""
+
+    def select(self, ranking: Ranking, k: int, generator: Optional[torch.Generator] = None) -> Selected:
+        return Selected(top_k_indices(ranking.scores, ranking.counts, k), ranking.labelled.nonzero().view(-1))
+
+
+SELECTION_RULES = {"loss_sampled": LossSampled, "top_k": TopK, "top_k_ascent": TopKAscent}
 """`ksam_selection` -> rule class (built with `uniform_mix=ksam_uniform_mix` where it takes one)."""
 
 

@@ -188,6 +188,18 @@ def test_ranking_pass_mode_and_train_mode_passes(make_trainer, options, ranking_
         assert trainer.sam_statistics.last_selected.ascent.tolist() == kept
 
 
+@pytest.mark.parametrize("case", ["seqcls_single", "token", "causal_lm"])
+def test_top_k_ascent_perturbs_with_the_top_k_and_descends_on_the_batch(case, make_trainer):
+    """`top_k_ascent`: e from the k highest losses' gradient, then the whole batch's gradient at w + e."""
+    model, batch = make_case(case, seed=72)
+    kept = ranked_by_own_loss(model, batch, 2)
+    moved = perturbed_copy(model, rows(batch, kept), rho=0.05)
+    model_loss(moved, batch).backward()
+    trainer = make_trainer(model, sam_mode="ksam", ksam_k=2, ksam_selection="top_k_ascent")
+    run_step(trainer, model, batch)
+    assert_gradients_equal(model, {n: p.grad for n, p in moved.named_parameters()})
+
+
 # ----------------------------------------------------------------------------- loss_sampled
 def hand_inclusion_probabilities(losses: list[float], k: int, uniform_mix: float) -> list[float]:
     """pi_i = k * ((1 - mix) * l_i / sum(l) + mix / n), for batches where none exceeds 1."""

@@ -85,3 +85,12 @@ def test_adaptive_k_weighs_token_examples_by_their_loss_sums():
     # mean losses [1, 2] over [6, 1] tokens: sums [6, 2]; 6 >= 0.5 * 8 -> one example
     ranking = Ranking(torch.tensor([1.0, 2.0]), torch.tensor([6.0, 1.0]))
     assert adaptive_k(ranking, 0.5, 1) == 1
+
+
+def test_top_k_ascent_descends_on_every_labelled_example():
+    ranking = Ranking(torch.tensor([0.5, 9.0, 3.0, 2.0]), torch.tensor([2.0, 0.0, 3.0, 1.0]))
+    from ksam_hf.selection import TopKAscent
+
+    selected = TopKAscent().select(ranking, 1)
+    assert selected.ascent.tolist() == [2] and selected.descent.tolist() == [0, 2, 3]
+    assert selected.descent_weights is None and selected.descent_items is None  # the mean over the batch
