@@ -2,9 +2,10 @@
 
     python -m glue_scripts.pick_rho docs/results/glue-tuning    # -> {"sam": 0.01, "top_k": ..., ...}
 
-A method family is recognised from its spec (`sam@...`, `ksam@ksam_selection=top_k@...`, loss-sampled
-with or without `ksam_loss_share`); only rhos run on every tuning task compete; a tie goes to the
-smaller rho.
+A method family is recognised from its spec (`sam@...`, `ksam@ksam_selection=top_k@...`,
+`...=top_k_ascent@...`, `...=loss_sampled@...`); only rhos run on every tuning task compete; a tie
+goes to the smaller rho. Adaptive k (`ksam_loss_share`, the loss-sampled rule with a variable k)
+takes the loss-sampled rho unless it was tuned itself.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from glue_scripts.reproduce_glue import load_rows
 def family(method: str) -> str | None:
     if method.startswith("sam@"):
         return "sam"
-    if "ksam_selection=top_k" in method:
-        return "top_k"
     if "ksam_loss_share" in method:
         return "adaptive_k"
+    if "ksam_selection=top_k_ascent" in method:
+        return "top_k_ascent"
+    if "ksam_selection=top_k" in method:
+        return "top_k"
     if "ksam_selection=loss_sampled" in method:
         return "loss_sampled"
     return None
@@ -41,7 +44,10 @@ def pick(rows: list[dict]) -> dict[str, float]:
             mean = sum(by_task.values()) / len(by_task)
             if name not in best or mean > best[name][0]:
                 best[name] = (mean, rho)
-    return {name: rho for name, (_, rho) in best.items()}
+    picked = {name: rho for name, (_, rho) in best.items()}
+    if "loss_sampled" in picked:
+        picked.setdefault("adaptive_k", picked["loss_sampled"])  # the same rule with a variable k
+    return picked
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 # glue_grid.sh (full training sets, 3 epochs, batch 32, group_by_length).
 #   Stage 1: AdamW's learning rate from {5e-5, 1e-4, 2e-4}: the best mean dev score over the two
 #            tasks is fixed for every method (written to lr.txt).
-#   Stage 2: rho per method from {0.002, 0.01, 0.05} at that learning rate (picked in
-#            docs/results/glue-tuning/README.md from results.md).
+#   Stage 2: rho per method from {0.002, 0.01, 0.05} at that learning rate: the best mean dev
+#            score over the two tasks (glue_scripts/pick_rho.py, which glue_grid.sh runs).
 # Finished runs are skipped: rerun it to resume. Usage: bash glue_scripts/tune_glue.sh [1|2]
 set -e
 cd "$(dirname "$0")/.."
@@ -34,10 +34,11 @@ if [[ $stage == 2 || $stage == all ]]; then
   main=() others=()
   for rho in 0.002 0.01 0.05; do
     main+=(ksam@ksam_selection=loss_sampled@ksam_uniform_mix=0.5@sam_rho=$rho sam@sam_rho=$rho)
-    others+=(ksam@ksam_selection=top_k@sam_rho=$rho
-             ksam@ksam_selection=loss_sampled@ksam_uniform_mix=0.5@ksam_k=0.125@ksam_loss_share=0.5@sam_rho=$rho)
   done
-  # The new selection and SAM on both tasks first, then the paper's rule and adaptive k.
+  for rho in 0.002 0.01 0.05; do others+=(ksam@ksam_selection=top_k_ascent@sam_rho=$rho); done
+  for rho in 0.002 0.01 0.05; do others+=(ksam@ksam_selection=top_k@sam_rho=$rho); done
+  # The new selection and SAM on both tasks first, then the ascent-only selection and the paper's
+  # rule. Adaptive k (the loss-sampled rule with a variable k) takes the loss-sampled rho.
   python glue_scripts/reproduce_glue.py "${common[@]}" "${base[@]}" --methods "adamw@learning_rate=$lr" "${main[@]}"
   python glue_scripts/reproduce_glue.py "${common[@]}" "${base[@]}" --methods "adamw@learning_rate=$lr" "${main[@]}" \
     "${others[@]}"

@@ -100,8 +100,12 @@ def test_pick_rho_takes_each_family_best_mean_over_the_tasks():
             row("mrpc", "ksam@ksam_selection=loss_sampled@sam_rho=0.05", 0.05, 0.9),                  # one task only
             row("mrpc", "ksam@ksam_selection=loss_sampled@ksam_loss_share=0.5@sam_rho=0.01", 0.01, 0.8),
             row("cola", "ksam@ksam_selection=loss_sampled@ksam_loss_share=0.5@sam_rho=0.01", 0.01, 0.3),
+            row("mrpc", "ksam@ksam_selection=top_k_ascent@sam_rho=0.05", 0.05, 0.8),
+            row("cola", "ksam@ksam_selection=top_k_ascent@sam_rho=0.05", 0.05, 0.3),
             row("mrpc", "adamw", 0.0, 0.85), row("cola", "adamw", 0.0, 0.35)]
-    assert pick(rows) == {"sam": 0.01, "top_k": 0.002, "adaptive_k": 0.01}
+    assert pick(rows) == {"sam": 0.01, "top_k": 0.002, "adaptive_k": 0.01, "top_k_ascent": 0.05}
+    only_sampled = [row(t, "ksam@ksam_selection=loss_sampled@sam_rho=0.01", 0.01, 0.5) for t in ("mrpc", "cola")]
+    assert pick(only_sampled) == {"loss_sampled": 0.01, "adaptive_k": 0.01}  # adaptive k takes it
 
 
 def test_runs_of_another_grid_with_the_same_settings_are_reused(tmp_path, monkeypatch):
