@@ -24,6 +24,8 @@ import torch
 from tests.distributed.ddp_worker import CONFIGS, LEARNING_RATE, dataset_for
 from tests.testing_utils import REPO, ranked_by_own_loss, rows
 
+pytestmark = pytest.mark.slow  # end-to-end: real processes / real data (CI runs them)
+
 ROOT = REPO
 WORLD = 2
 RHO = 0.05

@@ -20,8 +20,9 @@ from glue_scripts import run_glue
 from glue_scripts.glue_data import load_glue_tsv
 from glue_scripts.run_glue import given_options, main, parse_args
 from ksam_hf import KSAMConfig
+from tests.testing_utils import REPO, SHARED
 
-from tests.testing_utils import REPO, SHARED  # noqa: E402
+pytestmark = pytest.mark.slow  # end-to-end: real processes / real data (CI runs them)
 
 TOKENIZER = SHARED / "models" / "all-MiniLM-L6-v2"
 RTE_LABELS = {"entailment", "not_entailment"}

@@ -194,6 +194,7 @@ def test_lora_with_gradient_checkpointing(reentrant, make_config):
     assert_gradients_equal(model, expected)
 
 
+@pytest.mark.slow
 def test_torch_compile_trains(make_config):
     """`torch_compile=True` (the Trainer compiles the model) runs the K-SAM step and learns. The
     `aot_eager` backend traces forward and backward as inductor does but skips its code generation,
