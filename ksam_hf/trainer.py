@@ -16,10 +16,11 @@ from torch import nn
 from torch.profiler import record_function
 from transformers import Seq2SeqTrainer, Trainer, TrainingArguments
 
+from .checks import check_finite_weights, check_model_loss, check_per_example_losses, own_and_standard_loss
 from .config import KSAMConfig, KSAMSeq2SeqConfig
 from .per_example_loss import (TOKEN_LEVEL_HEADS, PerExampleLoss, head_kind, label_keys,
                                mean_max_probability, per_example_loss_for)
-from .packing import is_packed, per_sequence_losses, repack, sequence_count
+from .packing import is_packed, per_sequence_losses, repack
 from .rows import select_rows, trim_padding
 from .selection import Ranking, Selected, adaptive_k, resolve_k, selection_rule
 from .sharpness import ascent_gradient, ascent_norm, gradient_to_epsilon_, weights_at_w_plus_e
@@ -307,7 +308,7 @@ class SharpnessAwareStepMixin:
                                          label_smoothing=self.args.label_smoothing_factor)
         else:
             losses = self.per_example_loss_func(outputs, inputs)
-        self._check_per_example_losses(losses, inputs)
+        check_per_example_losses(losses, inputs)
         if check:
             self._check_model_loss(model, outputs, inputs)
         return outputs, losses
@@ -326,40 +327,13 @@ class SharpnessAwareStepMixin:
         dropped = label_keys(self._head)
         return {k: v for k, v in inputs.items() if k not in dropped}
 
-    def _check_per_example_losses(self, losses: Any, inputs: dict[str, Any]) -> None:
-        """A per-example loss function must give one loss sum and one item count per example (row,
-        or sequence of a packed batch)."""
-        rows = sequence_count(inputs) if is_packed(inputs) else next(
-            (v.shape[0] for v in inputs.values() if isinstance(v, torch.Tensor) and v.dim() > 0), None)
-        shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-                  for t in (losses if isinstance(losses, (tuple, list)) else [losses])]
-        if len(shapes) != 2 or any(shape != (rows,) for shape in shapes):
-            raise ValueError(
-                f"`per_example_loss_func` returned {shapes} for a batch of {rows} rows: it must return two "
-                f"tensors of shape [{rows}], each example's loss sum and its item count, not a loss reduced "
-                "over the batch (which would turn K-SAM into SAM).")
-
     def _check_model_loss(self, model: nn.Module, outputs: Any, inputs: dict[str, Any]) -> None:
-        """Once, on the first batch: the model's own loss must be the standard one that the
-        per-example loss reproduces (a subclass with class weights, say, is not)."""
-        self._loss_checked = True
-        own = outputs.get("loss") if hasattr(outputs, "get") else None
-        if own is None:
-            return
-        sums, counts = self._standard_loss(outputs, inputs)
-        standard = float(sums.detach().sum() / counts.sum()) if float(counts.sum()) > 0 else math.nan
-        own = float(own.detach())
-        if not (math.isfinite(standard) and math.isfinite(own)):
-            self._loss_checked = False  # nothing (finite) to compare on: try the next batch
-            return
-        if not math.isclose(own, standard, rel_tol=1e-3, abs_tol=1e-5):
-            name = type(self.accelerator.unwrap_model(model)).__name__
-            raise ValueError(
-                f"{name} computes its own loss ({own:.6f}), not the standard {self._head} loss of its outputs "
-                f"({standard:.6f}) (e.g. class weights in a subclass): SAM / K-SAM would train on the standard "
-                "one. Pass `per_example_loss_func=` that computes your loss per example, or keep the model's "
-                "standard loss.")
-
+        """Once, on the first batch with something to compare: the model's own loss must be the
+        standard one that the per-example loss reproduces (a subclass with class weights is not)."""
+        pair = own_and_standard_loss(outputs, self._standard_loss(outputs, inputs))
+        self._loss_checked = pair is not None
+        if pair is not None:
+            check_model_loss(type(self.accelerator.unwrap_model(model)).__name__, self._head, *pair)
 
     def _with_decoder_inputs(self, model: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
         """Encoder-decoder models build `decoder_input_ids` from the labels: build them here the same way."""
@@ -388,14 +362,7 @@ class SharpnessAwareStepMixin:
         """Add the SAM statistics since the last log to the training logs; stop a run whose weights
         are no longer finite (its logged loss can still look finite)."""
         if self.model is not None and self.state.global_step > 0:
-            named = [(name, p) for name, p in self.model.named_parameters() if p.is_floating_point()]
-            finite = torch.stack([torch.isfinite(p).all() for _, p in named]) if named else torch.ones(1, dtype=torch.bool)
-            if not bool(finite.all()):  # one host sync per log
-                broken = named[int((~finite).nonzero()[0])][0]
-                raise FloatingPointError(
-                    f"The weights are not finite after step {self.state.global_step} (first: {broken}): training "
-                    "diverged (a learning rate too high, an fp16 overflow, or non-finite labels or inputs). "
-                    "Stopped before anything is reported or saved from it.")
+            check_finite_weights(self.model, self.state.global_step)
         if "loss" in logs and self.args.sam_mode != "none":
             logs.update(self.sam_statistics.pop())
         super().log(logs, start_time)
