@@ -1,8 +1,7 @@
 """Experimental: K-SAM ranking each batch by its examples' losses at their previous visit, which
 skips the ranking forward pass once every example of the batch has been seen.
 
-Measured on GLUE (`docs/results/README.md`, the first protocol): the cheapest ranking (0.64x an
-AdamW step) but below the forward ranking in accuracy, with one collapse on MRPC; not recommended.
+Not recommended: what it saves and what it cost in accuracy is measured in `docs/performance.md`.
 
 A remembered loss is as old as the example's last visit, and the training loss falls in the
 meantime: ranked by raw losses, a later batch would keep the examples that happened to be seen

@@ -224,47 +224,33 @@ def test_rows_with_a_wrong_field_count_name_their_line(tmp_path, row, problem):
         load_glue_tsv(tmp_path, "rte", ["train"])
 
 
-def test_lost_tab_in_stsb_is_not_read_as_an_empty_sentence(tmp_path):
-    lost_tab = stsb_row(1, "2.0").replace("A man runs.\t", "A man runs. ")
-    path = write_task_file(tmp_path, "STS-B", "dev.tsv", STSB_HEADER + stsb_row(0, "1.0") + lost_tab)
-    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:3: 9 fields, expected 10"):
-        load_glue_tsv(tmp_path, "stsb", ["validation"])
-
-
-def test_empty_file(tmp_path):
-    path = write_task_file(tmp_path, "RTE", "dev.tsv", "")
-    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: the file is empty"):
-        load_glue_tsv(tmp_path, "rte", ["validation"])
-
-
 def test_header_only_file_is_an_empty_split(tmp_path):
     write_task_file(tmp_path, "RTE", "dev.tsv", RTE_HEADER)
     assert len(load_glue_tsv(tmp_path, "rte", ["validation"])["validation"]) == 0
 
 
-def test_bytes_that_are_not_utf8_name_their_line(tmp_path):
-    path = write_task_file(tmp_path, "RTE", "dev.tsv", (RTE_HEADER + "0\ta\tb\tentailment\n").encode()
-                           + b"1\tcaf\xe9\tb\tentailment\n")
-    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:3: not UTF-8 text \(byte 0xe9 at column 6\)"):
-        load_glue_tsv(tmp_path, "rte", ["validation"])
+RTE_DEV = ("RTE", "dev.tsv", "rte", "validation")
 
 
-def test_damaged_index_and_label_name_their_line(tmp_path):
-    path = write_task_file(tmp_path, "RTE", "dev.tsv", RTE_HEADER + "0\ta\tb\tentailment\nx\tc\td\tentailment\n")
-    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:3: index 'x' is not a whole number"):
-        load_glue_tsv(tmp_path, "rte", ["validation"])
-    path.write_text(RTE_HEADER + "0\ta\tb\tentailment\n1\tc\td\tmaybe\n")
-    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:3: label 'maybe' is not one of"):
-        load_glue_tsv(tmp_path, "rte", ["validation"])
-    path.write_text(RTE_HEADER + "0\ta\tb\tentailment\n5\tc\td\tentailment\n")
-    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:3: index 5, expected 1"):
-        load_glue_tsv(tmp_path, "rte", ["validation"])
-
-
-def test_headerless_cola_counts_lines_from_the_first_row(tmp_path):
-    path = write_task_file(tmp_path, "CoLA", "train.tsv", "gj04\t1\t\tGood.\ngj04\t2\t*\tBad label.\n")
-    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:2: label '2' is not one of"):
-        load_glue_tsv(tmp_path, "cola", ["train"])
+@pytest.mark.parametrize("where, content, problem", [
+    (("STS-B", "dev.tsv", "stsb", "validation"),
+     STSB_HEADER + stsb_row(0, "1.0") + stsb_row(1, "2.0").replace("A man runs.\t", "A man runs. "),
+     ":3: 9 fields, expected 10"),  # a lost tab is not read as an empty sentence
+    (RTE_DEV, "", ": the file is empty"),
+    (RTE_DEV, (RTE_HEADER + "0\ta\tb\tentailment\n").encode() + b"1\tcaf\xe9\tb\tentailment\n",
+     r":3: not UTF-8 text \(byte 0xe9 at column 6\)"),
+    (RTE_DEV, RTE_HEADER + "0\ta\tb\tentailment\nx\tc\td\tentailment\n", ":3: index 'x' is not a whole number"),
+    (RTE_DEV, RTE_HEADER + "0\ta\tb\tentailment\n1\tc\td\tmaybe\n", ":3: label 'maybe' is not one of"),
+    (RTE_DEV, RTE_HEADER + "0\ta\tb\tentailment\n5\tc\td\tentailment\n", ":3: index 5, expected 1"),
+    (("CoLA", "train.tsv", "cola", "train"), "gj04\t1\t\tGood.\ngj04\t2\t*\tBad label.\n",
+     ":2: label '2' is not one of"),  # no header: lines count from the first row
+], ids=["lost-tab", "empty-file", "not-utf8", "index-not-a-number", "unknown-label", "index-out-of-order",
+        "headerless-cola"])
+def test_a_damaged_file_names_its_line(where, content, problem, tmp_path):
+    directory, name, task, split = where
+    path = write_task_file(tmp_path, directory, name, content)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}{problem}"):
+        load_glue_tsv(tmp_path, task, [split])
 
 
 def test_crlf_and_blank_lines_are_tolerated(tmp_path):
