@@ -335,6 +335,29 @@ def summarize(rows: list[dict], args: ReproductionArguments) -> pd.DataFrame:
     return table
 
 
+def short_name(method: str) -> str:
+    """A method spec as a plot label: `ksam@ksam_selection=top_k@sam_rho=0.01` -> `ksam top_k rho=0.01`."""
+    name, *overrides = method.split("@")
+    shorter = {"ksam_selection": "", "sam_rho": "rho", "learning_rate": "lr", "ksam_uniform_mix": "mix",
+               "ksam_loss_share": "share", "ksam_k": "k", "num_train_epochs": "epochs", "model_name_or_path": "from"}
+    parts = [name]
+    for override in overrides:
+        key, _, value = override.partition("=")
+        label = shorter.get(key, key)
+        if key == "model_name_or_path":
+            value = Path(value).parent.name
+        parts.append(value if label == "" else f"{label}={value}")
+    return " ".join(parts)
+
+
+def add_legend(fig, colors: dict[str, str], handles: list) -> None:
+    """The methods' legend under the panels, two columns, the figure grown to hold it."""
+    rows = (len(colors) + 1) // 2
+    fig.set_figheight(fig.get_figheight() + 0.22 * rows)
+    fig.legend(handles, [short_name(m) for m in colors], loc="lower center", ncol=2, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.22 * rows / fig.get_figheight() + 0.02, 1, 1))
+
+
 def plot_score_vs_time(stats_table: pd.DataFrame, tasks: list[str], path: Path, baseline: str) -> None:
     import matplotlib
 
@@ -351,9 +374,7 @@ def plot_score_vs_time(stats_table: pd.DataFrame, tasks: list[str], path: Path, 
         ax.set_xlabel(f"median step time / {baseline}")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("dev score x 100")
-    handles = [plt.Line2D([], [], marker="o", linestyle="", color=color) for color in colors.values()]
-    fig.legend(handles, list(colors), loc="lower center", ncol=min(len(colors), 3), fontsize=8)
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    add_legend(fig, colors, [plt.Line2D([], [], marker="o", linestyle="", color=c) for c in colors.values()])
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -385,9 +406,7 @@ def plot_curves(rows: list[dict], tasks: list[str], methods: list[str], path: Pa
             ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("training loss")
     axes[1][0].set_ylabel("mean top-class prob. (SAM / K-SAM)")
-    handles = [plt.Line2D([], [], color=color) for color in colors.values()]
-    fig.legend(handles, list(colors), loc="lower center", ncol=min(len(colors), 3), fontsize=8)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    add_legend(fig, colors, [plt.Line2D([], [], color=c) for c in colors.values()])
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
