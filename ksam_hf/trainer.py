@@ -218,6 +218,8 @@ class SharpnessAwareStepMixin:
         a packed batch's sequences packed again."""
         if is_packed(inputs):
             return repack(inputs, indices)
+        if indices.numel() == batch_size:  # every row (indices are in batch order): nothing to cut
+            return inputs
         rows = select_rows(inputs, indices, batch_size)
         if self._head in PADDING_AGNOSTIC_HEADS and not self._user_loss:
             rows = trim_padding(rows, decoder_labels=self._head == "seq2seq_lm")
