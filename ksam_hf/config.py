@@ -25,7 +25,7 @@ class KSAMConfig(TrainingArguments):
             loss, and SAM's ascent and descent run on `ksam_k` examples chosen by `ksam_selection`.
             `"sam"`: SAM (Foret et al. 2021) on the whole batch (two forward and backward passes).
             `"none"`: the stock `Trainer` step (the baseline).
-        sam_rho (`float`, *optional*, defaults to `0.05`):
+        sam_rho (`float`, *optional*, defaults to `0.01`):
             Radius of the ascent step: the weights move by `rho * g / ||g||` before the descent
             gradient is taken. `0` makes the step a plain gradient step on the kept examples.
         ksam_k (`float`, *optional*, defaults to `0.25`):
@@ -33,15 +33,17 @@ class KSAMConfig(TrainingArguments):
             `logging_steps`: below 1 a fraction of the batch (rounded up), 1 and above a count
             (whole numbers only). A count above a short last batch keeps all of it. With
             `ksam_loss_share`, the least number kept.
-        ksam_selection (`str`, *optional*, defaults to `"loss_sampled"`):
-            Which examples K-SAM keeps. `"loss_sampled"`: k examples sampled with probabilities
-            increasing with their loss; the ascent runs on them as they are, the descent weights each
-            by the inverse of its probability, so the step descends on an unbiased estimate of the
-            batch's mean loss. `"top_k"`: the paper's rule, the k highest losses for both passes;
-            it minimises the mean of the largest losses, not the mean loss, and can hold a
-            classifier at the uniform predictor (`docs/selection.md`). `"top_k_ascent"`: the
-            ascent on the k highest losses, the descent on the whole batch (SAM's objective with a
-            cheaper ascent; a step costs more than the base optimizer's).
+        ksam_selection (`str`, *optional*, defaults to `"top_k_ascent"`):
+            Which examples K-SAM keeps. `"top_k_ascent"`: the ascent on the k highest losses (the
+            perturbation is taken where the loss is high), the descent on the whole batch at w + e:
+            SAM's objective with an ascent on k examples, so a step costs more than the base
+            optimizer's and less than SAM's. `"loss_sampled"`: both passes on k examples sampled
+            with probabilities increasing with their loss, the descent weighted by the inverse of
+            each probability (an unbiased estimate of the batch's mean loss): below the base
+            optimizer's cost, but each step learns from k examples only. `"top_k"`: the paper's rule,
+            the k highest losses for both passes; it minimises the mean of the largest losses, not
+            the mean loss, and can hold a classifier at the uniform predictor. Measurements and
+            why: `docs/selection.md`.
         ksam_uniform_mix (`float`, *optional*, defaults to `0.5`):
             `"loss_sampled"` only: the share of the sampling probability spread evenly over the
             batch (the rest goes in proportion to the losses). It bounds an example's weight at
@@ -69,16 +71,16 @@ class KSAMConfig(TrainingArguments):
         metadata={"help": "'ksam' (SAM on k examples per batch), 'sam' (full-batch SAM) or 'none' (plain Trainer step).",
                   "choices": list(SAM_MODES)},
     )
-    sam_rho: float = field(default=0.05, metadata={"help": "SAM ascent radius rho (>= 0)."})
+    sam_rho: float = field(default=0.01, metadata={"help": "SAM ascent radius rho (>= 0)."})
     ksam_k: float = field(
         default=0.25,
         metadata={"help": "Examples kept per batch by K-SAM: below 1 a fraction, 1 and above a count."},
     )
     ksam_selection: str = field(
-        default="loss_sampled",
-        metadata={"help": "Which examples K-SAM keeps: 'loss_sampled' (sampled by loss, unbiased descent), "
-                          "'top_k' (the paper's k highest losses) or 'top_k_ascent' (ascent on the top k, "
-                          "descent on the whole batch).",
+        default="top_k_ascent",
+        metadata={"help": "Which examples K-SAM keeps: 'top_k_ascent' (ascent on the top k, descent on the "
+                          "whole batch), 'loss_sampled' (both passes on k sampled by loss, unbiased descent; "
+                          "cheaper, learns from k per step) or 'top_k' (the paper's k highest losses).",
                   "choices": list(SELECTION_RULES)},
     )
     ksam_uniform_mix: float = field(

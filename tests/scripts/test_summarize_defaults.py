@@ -1,0 +1,29 @@
+"""The defaults check's table: each K-SAM variant against AdamW's run on the same command and seed."""
+
+from __future__ import annotations
+
+import json
+
+from glue_scripts import summarize_defaults
+
+
+def row(task, batch, variant, score, loss, step, **settings):
+    metric = summarize_defaults.METRIC[task]
+    return {"task": task, "batch": batch, "seed": 1, "variant": variant,
+            "results": {metric: score, "eval_loss": loss, "train_median_step_time": step, **settings}}
+
+
+def test_each_variant_beside_adamw_on_the_same_command(tmp_path):
+    rows = [row("mrpc", 8, "adamw", 0.80, 0.45, 0.20),
+            row("mrpc", 8, "ksam", 0.785, 0.693, 0.16, ksam_selection="top_k", sam_rho=0.05, ksam_k=0.25),
+            row("mrpc", 32, "ksam", 0.70, 0.6, 0.5),                     # no AdamW row at batch 32: left out
+            row("sst2", 8, "adamw", 0.90, 0.30, 0.10),
+            row("sst2", 8, "ls50", 0.915, 0.28, 0.13, ksam_selection="loss_sampled", sam_rho=0.01, ksam_k=0.5)]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summarize_defaults.main(tmp_path)
+    lines = (tmp_path / "results.md").read_text().splitlines()
+    body = [line for line in lines if line.startswith("| mrpc") or line.startswith("| sst2")]
+    assert body == [
+        "| mrpc | 8 | 1 | ksam | ksam_selection=top_k, sam_rho=0.05, ksam_k=0.25 | 80.0 | 78.5 | -1.5 | 0.450 | 0.693 | 0.80 |",
+        "| sst2 | 8 | 1 | ls50 | ksam_selection=loss_sampled, sam_rho=0.01, ksam_k=0.5 | 90.0 | 91.5 | +1.5 | 0.300 | 0.280 | 1.30 |",
+    ]
