@@ -289,15 +289,24 @@ def plain_gradient(model, batch: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- training helpers
+TEST_SAM_SETTINGS = {"sam_rho": 0.05, "ksam_selection": "loss_sampled"}
+"""rho and selection of the test trainers unless the test sets them (the references use rho 0.05)."""
+
+
 def cpu_config(output_dir, config_class=None, **overrides):
     """A `KSAMConfig` (or `config_class`) for CPU tests in `output_dir`: no reports, no saves, a log
-    every step; `overrides` on top."""
+    every step, and the SAM settings the hand-computed references assume (`TEST_SAM_SETTINGS`, so
+    that a change of the library's defaults does not move them; a config class with a selection
+    default of its own keeps it); `overrides` on top."""
     from ksam_hf import KSAMConfig
 
+    config_class = config_class or KSAMConfig
+    pinned = {name: value for name, value in TEST_SAM_SETTINGS.items()
+              if config_class.__dataclass_fields__[name].default == KSAMConfig.__dataclass_fields__[name].default}
     settings = dict(output_dir=str(output_dir), report_to="none", use_cpu=True, disable_tqdm=True,
-                    save_strategy="no", seed=0, logging_steps=1)
+                    save_strategy="no", seed=0, logging_steps=1, **pinned)
     settings.update(overrides)
-    return (config_class or KSAMConfig)(**settings)
+    return config_class(**settings)
 
 
 def step_logs(trainer) -> list[dict]:

@@ -11,7 +11,7 @@ import torch
 from transformers import BertForSequenceClassification, Trainer, TrainingArguments
 
 from ksam_hf import KSAMConfig, KSAMSeq2SeqConfig, KSAMSeq2SeqTrainer, KSAMTrainer
-from tests.testing_utils import (GradientAtStep, as_dataset, assert_gradients_equal, bert_config, learnable_dataset,
+from tests.testing_utils import (TEST_SAM_SETTINGS, GradientAtStep, as_dataset, assert_gradients_equal, bert_config, learnable_dataset,
                                  make_case, ranked_by_own_loss, recording, reference_sam_gradient, rows, stack,
                                  step_logs)
 
@@ -23,7 +23,7 @@ def one_accumulated_step(model, batch, tmp_path, **sam):
     callback = GradientAtStep()
     args = KSAMConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, max_steps=1,
                       per_device_train_batch_size=3, gradient_accumulation_steps=2, max_grad_norm=0.0,
-                      learning_rate=1e-3, save_strategy="no", **sam)
+                      learning_rate=1e-3, save_strategy="no", **{**TEST_SAM_SETTINGS, **sam})
     trainer = RecordingTrainer(model=model, args=args, train_dataset=as_dataset(batch), data_collator=stack,
                                callbacks=[callback])
     reference = copy.deepcopy(model)
@@ -164,7 +164,8 @@ def test_custom_per_example_loss(tmp_path):
             p.add_(0.05 * g / norm)
     (reference(**rows(batch, kept)).logits[:, 0] ** 2).mean().backward()
     trainer = KSAMTrainer(model=model, args=KSAMConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True,
-                                                       ksam_k=3, ksam_selection="top_k"), per_example_loss_func=own_loss)
+                                                       ksam_k=3, ksam_selection="top_k", sam_rho=0.05),
+                          per_example_loss_func=own_loss)
     trainer.training_step(model, dict(batch))
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
         if q.grad is not None:
@@ -176,7 +177,7 @@ def test_seq2seq_trainer_counterpart(tmp_path):
     kept = ranked_by_own_loss(model, batch, 3)
     expected = reference_sam_gradient(model, rows(batch, kept), rho=0.05)
     args = KSAMSeq2SeqConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, ksam_k=0.5,
-                             ksam_selection="top_k", predict_with_generate=True)
+                             ksam_selection="top_k", sam_rho=0.05, predict_with_generate=True)
     trainer = KSAMSeq2SeqTrainer(model=model, args=args)
     trainer.training_step(model, dict(batch))
     assert_gradients_equal(model, expected)
