@@ -3,8 +3,8 @@
 # CoLA and STS-B and the first 20000 examples of SST-2; 3 epochs, batch 32, 10 % warm-up,
 # group_by_length; AdamW's learning rate and each method's rho picked by glue_scripts/tune_glue.sh
 # (MRPC and CoLA, seed 1). Methods: AdamW, SAM, the paper's K-SAM (top-k), the ascent on the top
-# k with the descent on the whole batch, K-SAM with the loss-sampled selection (the library's
-# default), and adaptive k; all at k = 25 % of the batch except adaptive k (at least 12.5 %, the
+# k with the descent on the whole batch (the library's default), K-SAM with the loss-sampled
+# selection, and adaptive k; all at k = 25 % of the batch except adaptive k (at least 12.5 %, the
 # fewest examples carrying half the batch's loss).
 # Seed by seed; finished runs are skipped (rerun it to resume), and seed 1 of MRPC and CoLA reuses
 # the tuning's runs at the picked values (the same settings).
