@@ -43,7 +43,7 @@ KSAM_SELECTION = {"ksam_selection": "loss_sampled"}
 about (the library's default, `top_k_ascent`, descends on the whole batch)."""
 VARIANTS: dict[str, dict[str, Any]] = {
     "top_k": {"ksam_selection": "top_k"},  # the paper's rule
-    "dropout_rank": {**KSAM_SELECTION, "ksam_rank_without_dropout": False},  # ranking in train mode, as the paper does
+    "dropout_rank": {**KSAM_SELECTION, "ksam_rank_without_dropout": False},  # ranking in train mode (the paper's)
     "previous_loss": {},  # ksam_hf.experimental's PreviousLossKSAMTrainer (its own default: top_k)
 }
 """K-SAM variants: the KSAMConfig fields each changes from the defaults."""

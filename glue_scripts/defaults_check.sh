@@ -28,7 +28,8 @@ for task in ${TASKS:-mrpc sst2}; do
       if grep -qF "\"run\": \"$dir\"" $out/results.jsonl 2>/dev/null; then continue; fi  # done
       python glue_scripts/run_glue.py --model_name_or_path ../shared/models/all-MiniLM-L6-v2 --glue_dir ../shared/glue \
         --task_name $task --do_train --do_eval "${flags[@]}" --output_dir $dir --report_to none \
-        --max_train_samples $samples --pad_to_max_length False --per_device_train_batch_size $batch --seed $seed --overwrite_output_dir \
+        --max_train_samples $samples --pad_to_max_length False --per_device_train_batch_size $batch --seed $seed \
+        --overwrite_output_dir \
         --save_strategy no --logging_steps 25 --disable_tqdm True > $dir.log 2>&1 || { echo "failed: $dir"; exit 1; }
       python - "$dir" "$task" "$batch" "$label" "$seed" "${flags[*]}" >> $out/results.jsonl <<'PY'
 import json, sys

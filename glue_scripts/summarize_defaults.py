@@ -16,7 +16,7 @@ def table(rows: list[dict]) -> list[str]:
     """Markdown lines: one row per (task, batch, seed, K-SAM variant), AdamW's row beside it."""
     cells = {(r["task"], r["batch"], r["seed"], r["variant"]): r for r in rows}
     lines = ["| task | batch | seed | variant | K-SAM settings | AdamW score | K-SAM score | K-SAM - AdamW | "
-             "AdamW eval_loss | K-SAM eval_loss | K-SAM median step / AdamW |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "AdamW eval_loss | K-SAM eval_loss | K-SAM median step / AdamW |", "|---" * 11 + "|"]
     for (task, batch, seed, variant), row in sorted(cells.items()):
         if variant == "adamw" or (task, batch, seed, "adamw") not in cells:
             continue

@@ -24,6 +24,8 @@ def test_each_variant_beside_adamw_on_the_same_command(tmp_path):
     lines = (tmp_path / "results.md").read_text().splitlines()
     body = [line for line in lines if line.startswith("| mrpc") or line.startswith("| sst2")]
     assert body == [
-        "| mrpc | 8 | 1 | ksam | ksam_selection=top_k, sam_rho=0.05, ksam_k=0.25 | 80.0 | 78.5 | -1.5 | 0.450 | 0.693 | 0.80 |",
-        "| sst2 | 8 | 1 | ls50 | ksam_selection=loss_sampled, sam_rho=0.01, ksam_k=0.5 | 90.0 | 91.5 | +1.5 | 0.300 | 0.280 | 1.30 |",
+        "| mrpc | 8 | 1 | ksam | ksam_selection=top_k, sam_rho=0.05, ksam_k=0.25 | 80.0 | 78.5 | -1.5 | 0.450 | 0.693 "
+        "| 0.80 |",
+        "| sst2 | 8 | 1 | ls50 | ksam_selection=loss_sampled, sam_rho=0.01, ksam_k=0.5 | 90.0 | 91.5 | +1.5 | 0.300 "
+        "| 0.280 | 1.30 |",
     ]

@@ -11,9 +11,9 @@ import torch
 from transformers import BertForSequenceClassification, Trainer, TrainingArguments
 
 from ksam_hf import KSAMConfig, KSAMSeq2SeqConfig, KSAMSeq2SeqTrainer, KSAMTrainer
-from tests.testing_utils import (TEST_SAM_SETTINGS, GradientAtStep, as_dataset, assert_gradients_equal, bert_config, learnable_dataset,
-                                 make_case, ranked_by_own_loss, recording, reference_sam_gradient, rows, stack,
-                                 step_logs)
+from tests.testing_utils import (TEST_SAM_SETTINGS, GradientAtStep, as_dataset, assert_gradients_equal, bert_config,
+                                 learnable_dataset, make_case, ranked_by_own_loss, recording, reference_sam_gradient,
+                                 rows, stack, step_logs)
 
 
 RecordingTrainer = recording(KSAMTrainer)
