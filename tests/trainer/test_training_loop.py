@@ -229,6 +229,18 @@ def test_top_k_collapses_to_the_uniform_predictor_and_loss_sampled_learns(tmp_pa
         assert log["sam_mean_max_prob"] > 0.55
 
 
+def test_the_default_selection_does_not_collapse(tmp_path):
+    """The library's default (`top_k_ascent`: the ascent on the top k, the descent on the whole
+    batch) on the task where top-k collapses: it ends near the plain step, far below ln 2."""
+    from ksam_hf import KSAMConfig
+
+    assert KSAMConfig.__dataclass_fields__["ksam_selection"].default == "top_k_ascent"
+    baseline, _ = train_noisy(tmp_path / "adamw", sam_mode="none")
+    loss, log = train_noisy(tmp_path / "default", sam_mode="ksam")
+    assert loss < math.log(2) - 0.04 and abs(loss - baseline) < 0.02, (loss, baseline)
+    assert log["sam_mean_max_prob"] > 0.55
+
+
 def test_adaptive_k_is_logged_and_learns(tmp_path):
     """`ksam_loss_share`: k follows the batch's losses (logged as the mean kept per step) and trains."""
     loss, log = train_noisy(tmp_path, sam_mode="ksam", ksam_loss_share=0.5, ksam_k=2)
