@@ -2,10 +2,10 @@
 
     python -m glue_scripts.pick_rho docs/results/glue-tuning    # -> {"sam": 0.01, "top_k": ..., ...}
 
-A method family is recognised from its spec (`sam@...`, `ksam@ksam_selection=top_k@...`,
-`...=top_k_ascent@...`, `...=loss_sampled@...`); only rhos run on every tuning task compete; a tie
-goes to the smaller rho. Adaptive k (`ksam_loss_share`, the loss-sampled rule with a variable k)
-takes the loss-sampled rho unless it was tuned itself.
+A run's family is read from the settings it recorded (`optimizer`, `ksam_selection`,
+`ksam_loss_share`), so a spec that leaves the selection to the library's default is placed too; only
+rhos run on every tuning task compete; a tie goes to the smaller rho. Adaptive k (`ksam_loss_share`,
+a variable k) takes the loss-sampled rho unless it was tuned itself.
 """
 
 from __future__ import annotations
@@ -17,25 +17,22 @@ from pathlib import Path
 from glue_scripts.reproduce_glue import load_rows
 
 
-def family(method: str) -> str | None:
-    if method.startswith("sam@"):
+def family(settings: dict[str, str]) -> str | None:
+    """`sam`, `adaptive_k`, or the K-SAM run's selection rule; None for the base optimizer."""
+    if settings.get("optimizer") == "sam":
         return "sam"
-    if "ksam_loss_share" in method:
+    if settings.get("optimizer") != "ksam":
+        return None
+    if settings.get("ksam_loss_share") not in (None, "None"):
         return "adaptive_k"
-    if "ksam_selection=top_k_ascent" in method:
-        return "top_k_ascent"
-    if "ksam_selection=top_k" in method:
-        return "top_k"
-    if "ksam_selection=loss_sampled" in method:
-        return "loss_sampled"
-    return None
+    return settings["ksam_selection"]
 
 
 def pick(rows: list[dict]) -> dict[str, float]:
     tasks = {r["task"] for r in rows}
     scores: dict[tuple[str, float], dict[str, float]] = {}
     for r in rows:
-        name = family(r["method"])
+        name = family(r["settings"])
         if name is not None:
             scores.setdefault((name, float(r["settings"]["sam_rho"])), {})[r["task"]] = r["score"]
     best: dict[str, tuple[float, float]] = {}

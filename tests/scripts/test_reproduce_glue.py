@@ -89,7 +89,11 @@ def test_pick_rho_takes_each_family_best_mean_over_the_tasks():
     from glue_scripts.pick_rho import pick
 
     def row(task, method, rho, score):
-        return {"task": task, "method": method, "score": score, "settings": {"sam_rho": str(rho)}}
+        optimizer, *overrides = method.split("@")  # the settings a run of this spec records
+        settings = {"optimizer": optimizer, **dict(o.split("=") for o in overrides), "sam_rho": str(rho)}
+        if optimizer == "ksam":
+            settings.setdefault("ksam_selection", "top_k_ascent")
+        return {"task": task, "method": method, "score": score, "settings": settings}
 
     rows = [row("mrpc", "sam@sam_rho=0.01", 0.01, 0.80), row("cola", "sam@sam_rho=0.01", 0.01, 0.30),   # mean 0.55
             row("mrpc", "sam@sam_rho=0.05", 0.05, 0.70), row("cola", "sam@sam_rho=0.05", 0.05, 0.36),   # mean 0.53
