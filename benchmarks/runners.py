@@ -43,6 +43,7 @@ KSAM_SELECTION = {"ksam_selection": "loss_sampled"}
 about (the library's default, `top_k_ascent`, descends on the whole batch)."""
 VARIANTS: dict[str, dict[str, Any]] = {
     "top_k": {"ksam_selection": "top_k"},  # the paper's rule
+    "top_k_ascent": {"ksam_selection": "top_k_ascent"},  # the library's default: the descent on the whole batch
     "dropout_rank": {**KSAM_SELECTION, "ksam_rank_without_dropout": False},  # ranking in train mode (the paper's)
     "previous_loss": {},  # ksam_hf.experimental's PreviousLossKSAMTrainer (its own default: top_k)
 }
@@ -163,7 +164,8 @@ class BoundRunner:
     AdamW: forward + backward over the batch. SAM: two forward + backward over the batch (the first
     with `torch.autograd.grad`). K-SAM: a ranking (a forward without gradients over the batch, or a
     memory read), the selection rule, the kept rows cut with `ksam_hf.rows`, then SAM's two passes
-    on them. All: clip, optimizer step, zero the gradients.
+    on them (with `top_k_ascent`, the descent on the whole batch). All: clip, optimizer step, zero
+    the gradients.
     """
 
     def __init__(self, method: MethodRunner):

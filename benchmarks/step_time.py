@@ -10,9 +10,10 @@ runs exactly what the Trainer does per optimizer step:
 
 Methods: adamw, sam, ksam@K for each --ks with ksam_selection='loss_sampled' (both passes on k
 examples: the step K-SAM's cost claim is about; the library's default, top_k_ascent, descends on the
-whole batch, and its cost is in docs/results/defaults), and at k = 0.25
-the variants +top_k (the paper's rule), +dropout_rank (ranking in train mode) and +previous_loss
-(ksam_hf.experimental's trainer, its memory filled first so that every batch ranks from memory).
+whole batch), and at k = 0.25 the variants +top_k (the paper's rule), +top_k_ascent (the library's
+default: the ascent on the top k, the descent on the whole batch), +dropout_rank (ranking in train
+mode) and +previous_loss (ksam_hf.experimental's trainer, its memory filled first so that every
+batch ranks from memory).
 
 Next to each method a "bound" runs, in plain PyTorch on the same model, optimizer and batch, only
 the passes the method cannot avoid (benchmarks/runners.py says how the bound of K-SAM picks its
@@ -23,7 +24,7 @@ rows: the library's selection rule on its own ranking):
     K-SAM: the ranking (a forward without gradients over the batch, in eval mode as KSAMTrainer
            ranks by default, train mode for +dropout_rank; a memory read for +previous_loss), the
            selection rule, the kept rows cut by ksam_hf.rows, two forward+backward over them (the
-           first with torch.autograd.grad), clip + step
+           first with torch.autograd.grad; +top_k_ascent: the second over the batch), clip + step
 
 measured / bound - 1 is what the library adds on top (its bookkeeping, the perturbation's vector
 maths, copies, syncs). All runners (methods and bounds) are interleaved in one process: each round
@@ -80,7 +81,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="K-SAM k (ksam_selection='loss_sampled'), fractions of the batch")
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS),
                    help=f"also time K-SAM at k={VARIANT_K:g} with ksam_selection='top_k' (top_k, the paper's "
-                        "rule), ranking in train mode as the paper does (dropout_rank: "
+                        "rule) and 'top_k_ascent' (top_k_ascent, the library's default), ranking in train mode as the paper does (dropout_rank: "
                         "ksam_rank_without_dropout=False), and ranking by remembered losses (previous_loss: "
                         "ksam_hf.experimental's PreviousLossKSAMTrainer; every example has a remembered loss, "
                         "so the step skips the ranking forward pass)")

@@ -19,8 +19,8 @@ import torch
 from benchmarks import step_time
 from benchmarks.measure import LIBRARY_PHASES
 
-METHODS = ["adamw", "sam", "ksam@0.1", "ksam@0.25", "ksam@0.5", "ksam@0.25+top_k", "ksam@0.25+dropout_rank",
-           "ksam@0.25+previous_loss"]
+METHODS = ["adamw", "sam", "ksam@0.1", "ksam@0.25", "ksam@0.5", "ksam@0.25+top_k", "ksam@0.25+top_k_ascent",
+           "ksam@0.25+dropout_rank", "ksam@0.25+previous_loss"]
 SMOKE = ["--model", "tiny", "--inputs", "fixed", "--steps", "2", "--warmup", "1", "--batch-size", "8",
          "--seq-len", "16", "--threads", "1", "--quiet"]
 
@@ -44,7 +44,7 @@ def test_step_time_benchmark_writes_every_method(tmp_path, restore_threads):
             assert math.isfinite(value) and value >= 0, (r["method"], column, r[column])
         assert float(r["median_ms"]) > 0
     assert {r["method"]: int(r["k_examples"]) for r in rows if r["mode"] == "ksam"} == {
-        "ksam@0.1": 1, "ksam@0.25": 2, "ksam@0.5": 4, "ksam@0.25+top_k": 2, "ksam@0.25+dropout_rank": 2,
+        "ksam@0.1": 1, "ksam@0.25": 2, "ksam@0.5": 4, "ksam@0.25+top_k": 2, "ksam@0.25+top_k_ascent": 2, "ksam@0.25+dropout_rank": 2,
         "ksam@0.25+previous_loss": 2}
 
     with open(tmp_path / "smoke.json") as f:
@@ -64,6 +64,9 @@ def test_step_time_benchmark_writes_every_method(tmp_path, restore_threads):
     methods = saved["methods"]
     assert methods["ksam@0.25"]["ksam_selection"] == "loss_sampled"
     assert methods["ksam@0.25+top_k"]["ksam_selection"] == "top_k"
+    assert methods["ksam@0.25+top_k_ascent"]["ksam_selection"] == "top_k_ascent"
+    limits = {t["method"]: t["limit"] for t in saved["targets"] if t["target"].startswith("x AdamW")}
+    assert limits["ksam@0.25+top_k_ascent"] > 1 > limits["ksam@0.25"]  # its descent is on the whole batch
     assert methods["ksam@0.25+dropout_rank"]["ksam_rank_without_dropout"] is False
     previous = methods["ksam@0.25+previous_loss"]
     assert previous["ranked_from_memory"] == previous["steps"] == 2 + 1 + 1  # warm-up, timed, memory step
