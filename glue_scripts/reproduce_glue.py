@@ -75,6 +75,8 @@ class ReproductionArguments:
                           "are recorded here under this grid's method name (marked `reused_from`) instead of "
                           "being run again."})
     summarize_only: bool = field(default=False, metadata={"help": "Rewrite the summary from results.jsonl."})
+    plan_only: bool = field(
+        default=False, metadata={"help": "List the grid's runs in the order they run, each done or to run, and stop."})
 
 
 OVERRIDABLE_TRAINING_FIELDS = ("learning_rate", "num_train_epochs", "model_name_or_path")
@@ -411,15 +413,18 @@ def plot_curves(rows: list[dict], tasks: list[str], methods: list[str], path: Pa
     plt.close(fig)
 
 
-def reuse_runs(source: Path, raw: Path, args: ReproductionArguments) -> None:
-    """Record the runs of `source` that this grid would repeat exactly (same settings, hence same key)."""
+def reusable_rows(source: Path, raw: Path, args: ReproductionArguments) -> list[dict]:
+    """The runs of `source` that this grid would repeat exactly (same settings, hence same key) and
+    has not recorded, as rows of this grid."""
     done = {(r["task"], r["seed"], r["key"]) for r in load_rows(raw)}
+    reused = []
     for row in load_rows(source):
         for method in args.methods:
             if row["task"] in args.tasks and row["seed"] in args.seeds and (row["task"], row["seed"], row["key"]) \
                     not in done and row["key"] == run_key(run_settings(row["task"], method, row["seed"], args)):
-                append_row(raw, {**row, "method": method, "reused_from": f"{source}: {row['method']}"})
+                reused.append({**row, "method": method, "reused_from": f"{source}: {row['method']}"})
                 done.add((row["task"], row["seed"], row["key"]))
+    return reused
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -429,24 +434,49 @@ def main(argv: Optional[list[str]] = None) -> None:
     else:
         (args,) = parser.parse_args_into_dataclasses(argv)
     results_dir = Path(args.results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
     raw = results_dir / "results.jsonl"
+    if args.plan_only:
+        print_plan(raw, args)
+        return
+    results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / "reproduction_arguments.json").write_text(json.dumps(asdict(args), indent=2) + "\n")
     if not args.summarize_only:
         for method in args.methods:
             method_settings(method, args)  # refuse a bad method before hours of runs
         if args.reuse_runs_from:
-            reuse_runs(Path(args.reuse_runs_from), raw, args)
-        for seed in args.seeds:  # seeds outermost and methods innermost: a method's runs interleave
-            for task in args.tasks:  # with the others', so the machine's drift touches all alike
-                for method in args.methods:
-                    settings = run_settings(task, method, seed, args)
-                    done = {(r["task"], r["method"], r["seed"], r["key"]) for r in load_rows(raw)}
-                    if (task, method, seed, run_key(settings)) in done:
-                        continue
-                    append_row(raw, run_one(task, method, seed, settings, args))
-                    summarize(load_rows(raw), args)
+            for row in reusable_rows(Path(args.reuse_runs_from), raw, args):
+                append_row(raw, row)
+        for task, method, seed in grid_runs(args):
+            settings = run_settings(task, method, seed, args)
+            if not is_done(raw, task, method, seed, settings):
+                append_row(raw, run_one(task, method, seed, settings, args))
+                summarize(load_rows(raw), args)
     summarize(load_rows(raw), args)
+
+
+def grid_runs(args: ReproductionArguments) -> list[tuple[str, str, int]]:
+    """(task, method, seed) in the order they run: seeds outermost and methods innermost, so that a
+    method's runs interleave with the others' and the machine's drift touches all alike."""
+    return [(task, method, seed) for seed in args.seeds for task in args.tasks for method in args.methods]
+
+
+def is_done(raw: Path, task: str, method: str, seed: int, settings: dict[str, str]) -> bool:
+    return (task, method, seed, run_key(settings)) in {(r["task"], r["method"], r["seed"], r["key"])
+                                                       for r in load_rows(raw)}
+
+
+def print_plan(raw: Path, args: ReproductionArguments) -> None:
+    """One line per run of the grid, in the order they run: `done`, `reused` (recorded by
+    `--reuse_runs_from` when the grid starts) or `to run`; then the counts. Writes nothing."""
+    lent = {(r["task"], r["method"], r["seed"]) for r in reusable_rows(Path(args.reuse_runs_from), raw, args)} \
+        if args.reuse_runs_from else set()
+    states = []
+    for task, method, seed in grid_runs(args):
+        state = "done" if is_done(raw, task, method, seed, run_settings(task, method, seed, args)) else \
+            "reused" if (task, method, seed) in lent else "to run"
+        states.append(state)
+        print(f"{state:<7} seed {seed} {task} {method}")
+    print(", ".join(f"{states.count(state)} {state}" for state in ("done", "reused", "to run")) + f" of {len(states)}")
 
 
 if __name__ == "__main__":

@@ -123,9 +123,28 @@ def test_runs_of_another_grid_with_the_same_settings_are_reused(tmp_path, monkey
             [("adamw@learning_rate=1e-4", settings, 0.6), ("adamw@learning_rate=5e-5", other, 0.5)]]
     (tmp_path / "tuning" / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     monkeypatch.setattr(rg, "run_one", lambda *args: pytest.fail(f"ran {args[:3]} again"))
-    rg.main(["--model_name_or_path", "m", "--tasks", "rte", "--methods", "adamw", "--seeds", "1",
-             "--learning_rate", "1e-4", "--results_dir", str(tmp_path / "grid"), "--runs_dir", str(tmp_path / "runs"),
-             "--reuse_runs_from", str(tmp_path / "tuning" / "results.jsonl")])
+    argv = ["--model_name_or_path", "m", "--tasks", "rte", "--methods", "adamw", "--seeds", "1",
+            "--learning_rate", "1e-4", "--results_dir", str(tmp_path / "grid"), "--runs_dir", str(tmp_path / "runs"),
+            "--reuse_runs_from", str(tmp_path / "tuning" / "results.jsonl")]
+    rg.main(argv)
     recorded = [json.loads(line) for line in (tmp_path / "grid" / "results.jsonl").read_text().splitlines()]
     assert [(r["method"], r["score"]) for r in recorded] == [("adamw", 0.6)]
     assert recorded[0]["reused_from"].endswith("results.jsonl: adamw@learning_rate=1e-4")
+
+
+def test_the_plan_lists_done_reused_and_pending_runs_and_writes_nothing(tmp_path, capsys):
+    tuning = grid(tmp_path, methods=["adamw"], learning_rate=1e-4, seeds=[1])
+    lent = {"task": "rte", "method": "adamw@learning_rate=1e-4", "seed": 1, "metric": "accuracy", "score": 0.6,
+            "key": rg.run_key(rg.run_settings("rte", "adamw", 1, tuning)), "results": {}}
+    done = {**lent, "task": "cola", "method": "adamw", "key": rg.run_key(rg.run_settings("cola", "adamw", 1, tuning))}
+    (tmp_path / "tuning.jsonl").write_text(json.dumps(lent) + "\n")
+    (tmp_path / "grid").mkdir()
+    (tmp_path / "grid" / "results.jsonl").write_text(json.dumps(done) + "\n")
+    before = sorted(path.name for path in (tmp_path / "grid").iterdir())
+    rg.main(["--model_name_or_path", "m", "--tasks", "rte", "cola", "--methods", "adamw", "sam", "--seeds", "1",
+             "2", "--learning_rate", "1e-4", "--results_dir", str(tmp_path / "grid"), "--runs_dir", "runs",
+             "--reuse_runs_from", str(tmp_path / "tuning.jsonl"), "--plan_only"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:3] == ["reused  seed 1 rte adamw", "to run  seed 1 rte sam", "done    seed 1 cola adamw"]
+    assert len(lines) == 9 and lines[-1] == "1 done, 1 reused, 6 to run of 8"
+    assert sorted(path.name for path in (tmp_path / "grid").iterdir()) == before
