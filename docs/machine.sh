@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Writes docs/machine.txt: the machine the figures of README.md and docs/ were measured on.
+# Usage (repository root, its virtual environment active): bash docs/machine.sh
+set -e
+cd "$(dirname "$0")/.."
+{
+  echo "# Written by bash docs/machine.sh on $(date -u +%F)"
+  lscpu | grep -E "^(Architecture|CPU\(s\)|Model name|Thread\(s\) per core|Core\(s\) per socket|Socket\(s\)):"
+  echo "AVX-512 / AMX flags: $(grep -m1 -o -E 'avx512[a-z_0-9]*|amx[a-z_0-9]*' /proc/cpuinfo | sort -u | tr '\n' ' ')"
+  echo "Memory: $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
+  echo "GPU: $(command -v nvidia-smi >/dev/null && nvidia-smi -L | head -1 || echo none, no nvidia-smi)"
+  python -c "import platform, torch, transformers, accelerate; print('Python', platform.python_version(), '| torch', \
+torch.__version__, '| torch threads', torch.get_num_threads(), '| CUDA available', torch.cuda.is_available(), \
+'| transformers', transformers.__version__, '| accelerate', accelerate.__version__)"
+} > docs/machine.txt
+cat docs/machine.txt
