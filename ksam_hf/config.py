@@ -47,11 +47,14 @@ class KSAMConfig(TrainingArguments):
         ksam_uniform_mix (`float`, *optional*, defaults to `0.5`):
             `"loss_sampled"` only: the share of the sampling probability spread evenly over the
             batch (the rest goes in proportion to the losses). It bounds an example's weight at
-            `batch / (ksam_uniform_mix * k)`; `1` samples uniformly, `0` by loss alone.
+            `batch / (ksam_uniform_mix * k)`; `1` samples uniformly. Above 0: at 0 an example
+            with zero loss could never be drawn (the estimate would be biased) and the weights are
+            unbounded; a small value such as 0.05 samples almost by loss alone.
         ksam_loss_share (`float`, *optional*):
-            Adaptive k: keep, per batch, the fewest examples whose losses carry this share of the
-            batch's total loss (at least `ksam_k`), so a batch whose loss sits in a few examples
-            costs less. Unset: a fixed `ksam_k`.
+            Adaptive k: keep, per batch, as many examples, taken in the order the selection ranks
+            them (highest per-example loss first), as carry this share of the batch's total loss
+            (at least `ksam_k`), so a batch whose loss sits in a few examples costs less. Unset: a
+            fixed `ksam_k`.
         sam_adaptive (`bool`, *optional*, defaults to `False`):
             ASAM (Kwon et al. 2021): the scale-invariant ascent `e = rho * w^2 g / ||w g||`, with a
             larger `sam_rho` than plain SAM (ASAM's authors use about 10x).
@@ -87,7 +90,8 @@ class KSAMConfig(TrainingArguments):
         default=0.5, metadata={"help": "loss_sampled: share of the sampling probability spread evenly (0-1]."})
     ksam_loss_share: Optional[float] = field(
         default=None,
-        metadata={"help": "Adaptive k: keep the fewest examples carrying this share (0-1] of the batch's loss."})
+        metadata={"help": "Adaptive k: keep as many examples, highest loss first, as carry this share (0-1] of "
+                          "the batch's loss."})
     sam_adaptive: bool = field(
         default=False, metadata={"help": "Use ASAM's scale-invariant ascent (e = rho w^2 g / ||w g||)."}
     )
@@ -175,7 +179,7 @@ def validate_sam_fields(args: KSAMConfig) -> None:
     if args.ksam_selection not in SELECTION_RULES:
         raise ValueError(f"`ksam_selection`={args.ksam_selection!r} is unknown: use one of "
                          f"{', '.join(SELECTION_RULES)}.")
-    args.ksam_uniform_mix = share(args.ksam_uniform_mix, "ksam_uniform_mix", zero_allowed=True)
+    args.ksam_uniform_mix = share(args.ksam_uniform_mix, "ksam_uniform_mix", zero_allowed=False)
     if args.ksam_loss_share is not None:
         args.ksam_loss_share = share(args.ksam_loss_share, "ksam_loss_share", zero_allowed=False)
     for name in ("sam_adaptive", "ksam_rank_without_dropout", "sam_sync_ascent"):

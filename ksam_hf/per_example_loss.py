@@ -166,10 +166,13 @@ def per_example_loss_for(model: PreTrainedModel, kind: str, label_smoothing: flo
     raise ValueError(f"No per-example loss is known for head kind {kind!r}.")
 
 
-def mean_max_probability(outputs: Any, counts: torch.Tensor) -> torch.Tensor:
+def mean_max_probability(outputs: Any, counts: torch.Tensor) -> Optional[torch.Tensor]:
     """Mean over the labelled examples of the top class's probability: 1 / classes for a model that
-    predicts the uniform distribution (a collapse), towards 1 for a confident one."""
+    predicts the uniform distribution (a collapse), towards 1 for a confident one. None if no
+    example is labelled."""
     logits = _logits(outputs).detach().float()
     top = logits.softmax(dim=-1).amax(dim=-1).view(-1)
-    labelled = (counts.to(top.device) > 0).float()
-    return (top * labelled).sum() / labelled.sum().clamp_min(1)
+    labelled = counts.to(top.device) > 0
+    if not bool(labelled.any()):
+        return None
+    return top[labelled].mean()

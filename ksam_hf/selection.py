@@ -84,8 +84,8 @@ def inclusion_probabilities(scores: torch.Tensor, k: int, uniform_mix: float) ->
     """Probabilities `pi` (summing to `k`, each at most 1) of keeping each example, increasing with
     its score: `pi_i = min(1, c * p_i)` with `p_i = (1 - uniform_mix) * s_i / sum(s) + uniform_mix / n`.
 
-    `uniform_mix` bounds the importance weights `1 / pi` at `n / (uniform_mix * k)`. Computed in
-    float64; `scores` must be non-negative and finite.
+    `uniform_mix` (in (0, 1]) bounds the importance weights `1 / pi` at `n / (uniform_mix * k)`.
+    Computed in float64; `scores` must be non-negative and finite.
     """
     scores = scores.double().clamp_min(0)
     n = scores.numel()
@@ -126,10 +126,13 @@ class LossSampled(SelectionRule):
     (Horvitz-Thompson), so the step minimises the same objective as the base optimizer.
 
     Inclusion probabilities: `inclusion_probabilities`; `uniform_mix=1` is uniform sampling (SAM on
-    a random k), `0` sampling in proportion to the loss alone.
+    a random k); it must be above 0, or an example with zero loss could never be drawn.
     """
 
     def __init__(self, uniform_mix: float = 0.5):
+        if not 0 < uniform_mix <= 1:
+            raise ValueError(f"`uniform_mix`={uniform_mix!r} must be in (0, 1] (e.g. 0.5): at 0 an example with "
+                             "zero loss could never be drawn.")
         self.uniform_mix = uniform_mix
 
     def select(self, ranking: Ranking, k: int, generator: Optional[torch.Generator] = None) -> Selected:
@@ -169,14 +172,17 @@ def resolve_k(ksam_k: float, batch_size: int) -> int:
 
 
 def adaptive_k(ranking: Ranking, loss_share: float, floor: int) -> int:
-    """The fewest labelled examples whose losses carry `loss_share` of the batch's total loss, and
-    at least `floor`: a batch whose loss sits in a few examples keeps few, a flat one keeps many."""
+    """How many labelled examples, taken in the rules' order (highest per-example loss first), carry
+    `loss_share` of the batch's total loss, and at least `floor`: a batch whose loss sits in a few
+    examples keeps few, a flat one keeps many. An example carries its loss summed over its items
+    (tokens), as the batch's total does; one loss per example: the fewest that carry the share."""
     labelled = ranking.labelled
-    losses = (ranking.scores.double().nan_to_num(nan=0.0).clamp_min(0) * ranking.counts.double())[labelled]
+    scores = ranking.scores.double().nan_to_num(nan=0.0).clamp_min(0)[labelled]
+    losses = scores * ranking.counts.double()[labelled]
     n = losses.numel()
     total = float(losses.sum())
     if n == 0 or total <= 0:
         return max(1, min(floor, n))
-    carried = torch.cumsum(losses.sort(descending=True).values, 0)
+    carried = torch.cumsum(losses[scores.argsort(descending=True, stable=True)], 0)
     needed = int((carried < loss_share * total * (1 - 1e-9)).sum()) + 1
     return max(1, min(max(needed, floor), n))

@@ -195,10 +195,18 @@ class SharpnessAwareStepMixin:
                 outputs, (sums, counts) = self._forward(model, inputs)
         finally:
             model.train()
-        self.sam_statistics.add_confidence(mean_max_probability(outputs, counts) if self._single_label else None)
+        self.sam_statistics.add_confidence(
+            mean_max_probability(outputs, counts) if self._is_single_label(inputs) else None)
         sums, counts = sums.detach().float().cpu(), counts.detach().float().cpu()
         return RankedBatch(Ranking(sums / counts.clamp_min(1), counts),
                            sums.sum() / counts.sum().clamp_min(1))
+
+    def _is_single_label(self, inputs: dict[str, Any]) -> bool:
+        """Whether the batch is single-label classification, for the health signal. With
+        `problem_type` unset, float labels make a classifier multi-label (Transformers decides so
+        in the loss), where the top class's softmax probability means nothing."""
+        labels = inputs.get("labels")
+        return self._single_label and not (torch.is_tensor(labels) and labels.is_floating_point())
 
     def _select(self, ranking: Ranking) -> Optional[Selected]:
         """Apply the selection rule to a ranked batch (None if no example has a label)."""

@@ -152,6 +152,25 @@ def test_confidence_of_a_classifier_is_logged(mode, make_trainer):
         float(probabilities.max(-1).values.mean()), abs=1e-4)
 
 
+def test_no_confidence_is_logged_for_float_labels_or_unlabelled_batches(make_trainer):
+    """Float labels with `problem_type` unset make a classifier multi-label (as Transformers' loss
+    decides): its softmax top class means nothing. A micro-batch without labels adds nothing."""
+    model, batch = make_case("seqcls_multi", seed=42)
+    assert model.config.problem_type is None
+    trainer = make_trainer(model, sam_mode="ksam", ksam_k=2)
+    trainer.training_step(model, dict(batch))
+    assert "sam_mean_max_prob" not in trainer.sam_statistics.pop()
+
+    model, batch = make_case("seqcls_single", seed=43)
+    with torch.no_grad():
+        probabilities = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.softmax(-1)
+    trainer = make_trainer(model, sam_mode="ksam", ksam_k=2, sam_rho=0.0, learning_rate=0.0)
+    trainer.training_step(model, dict(batch))
+    trainer.training_step(model, {**batch, "labels": torch.full_like(batch["labels"], -100)})
+    assert trainer.sam_statistics.pop()["sam_mean_max_prob"] == pytest.approx(
+        float(probabilities.max(-1).values.mean()), abs=1e-4)  # the labelled batch's alone
+
+
 def test_existing_gradients_survive_the_step(make_trainer):
     """A micro-batch's gradient already in p.grad is kept and the new one joins it as a running mean."""
     model, batch = make_case("seqcls_single", seed=10)

@@ -15,7 +15,7 @@ from ksam_hf.selection import resolve_k
 @pytest.mark.parametrize("field,value", [
     ("sam_rho", -0.1), ("sam_rho", float("nan")), ("sam_rho", "abc"), ("ksam_k", 0), ("ksam_k", 1.5),
     ("ksam_k", "abc"), ("ksam_k", -2), ("ksam_k", True), ("sam_mode", "adam"), ("ksam_selection", "forward"),
-    ("ksam_uniform_mix", 1.5), ("ksam_uniform_mix", -0.1), ("ksam_loss_share", 0), ("ksam_loss_share", 2.0),
+    ("ksam_uniform_mix", 1.5), ("ksam_uniform_mix", -0.1), ("ksam_uniform_mix", 0), ("ksam_loss_share", 0), ("ksam_loss_share", 2.0),
     ("sam_adaptive", "maybe"), ("ksam_rank_without_dropout", 2),
 ])
 def test_bad_sam_arguments_are_refused_naming_the_field(field, value, tmp_path):

@@ -32,6 +32,12 @@ def test_uniform_mix_one_is_uniform_and_zero_follows_the_loss_alone(mix, expecte
     torch.testing.assert_close(pi, torch.tensor(expected, dtype=torch.float64))
 
 
+def test_loss_sampled_refuses_a_zero_uniform_mix():
+    # At 0, scores [1, 0, 0, 0] and k = 2 would leave one draw for three examples of probability 0.
+    with pytest.raises(ValueError, match="uniform_mix"):
+        LossSampled(uniform_mix=0.0)
+
+
 def test_systematic_sample_keeps_exactly_k_with_the_given_probabilities():
     pi = torch.tensor([0.1, 0.9, 0.5, 0.5, 1.0, 0.0], dtype=torch.float64)  # sums to 3
     generator = torch.Generator().manual_seed(0)
@@ -81,10 +87,22 @@ def test_adaptive_k_by_hand(losses, share, floor, expected):
     assert adaptive_k(ranking, share, floor) == expected
 
 
-def test_adaptive_k_weighs_token_examples_by_their_loss_sums():
-    # mean losses [1, 2] over [6, 1] tokens: sums [6, 2]; 6 >= 0.5 * 8 -> one example
-    ranking = Ranking(torch.tensor([1.0, 2.0]), torch.tensor([6.0, 1.0]))
-    assert adaptive_k(ranking, 0.5, 1) == 1
+@pytest.mark.parametrize("means,tokens,expected", [
+    # Mean losses [1, 2] over [6, 1] tokens: sums [6, 2], total 8. The rules keep the highest mean
+    # first: row 1 carries 2 < 4, so both are needed (row 0 alone would carry 6, but top-k keeps row 1).
+    ([1.0, 2.0], [6.0, 1.0], 2),
+    # Row 0 (mean 1, sum 1), then row 1 (mean 0.5 over 100 tokens, sum 50): half of 51 needs both.
+    ([1.0, 0.5], [1.0, 100.0], 2),
+    # Means [3, 1, 1] over [4, 1, 1] tokens: sums [12, 1, 1]; row 0 carries 12 >= 7: one example.
+    ([3.0, 1.0, 1.0], [4.0, 1.0, 1.0], 1),
+])
+def test_adaptive_k_sums_token_losses_in_the_order_the_rules_keep(means, tokens, expected):
+    ranking = Ranking(torch.tensor(means), torch.tensor(tokens))
+    k = adaptive_k(ranking, 0.5, 1)
+    assert k == expected
+    kept = TopK().select(ranking, k).ascent
+    sums = ranking.scores * ranking.counts
+    assert float(sums[kept].sum()) >= 0.5 * float(sums.sum())  # what top-k keeps carries the share
 
 
 def test_top_k_ascent_descends_on_every_labelled_example():
