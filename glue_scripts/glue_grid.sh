@@ -7,8 +7,9 @@
 # selection, and adaptive k; all at k = 25 % of the batch except adaptive k (at least 12.5 %, the
 # fewest examples carrying half the batch's loss).
 # Seed by seed; finished runs are skipped (rerun it to resume), and seed 1 of MRPC and CoLA reuses
-# the tuning's runs at the picked values (the same settings).
-# Usage: bash glue_scripts/glue_grid.sh [SEED ...]   (default: 1 2 3)
+# the tuning's runs at the picked values (the same settings). TASKS (default: all five) runs some
+# tasks only, e.g. one task at a time, all seeds, to have its intervals before the others.
+# Usage: [TASKS="mrpc rte"] bash glue_scripts/glue_grid.sh [SEED ...]   (default: 1 2 3)
 set -e
 cd "$(dirname "$0")/.."
 tuning=docs/results/glue-tuning
@@ -23,8 +24,9 @@ methods=(adamw "sam@sam_rho=$(rho sam)" "ksam@ksam_selection=top_k@sam_rho=$(rho
 common=(--model_name_or_path ../shared/models/all-MiniLM-L6-v2 --glue_dir ../shared/glue
         --num_train_epochs 3 --learning_rate "$lr" --max_train_samples sst2=20000
         --results_dir docs/results/glue-full --runs_dir runs/glue-full --reuse_runs_from $tuning/results.jsonl)
+tasks=(${TASKS:-rte mrpc cola stsb sst2})
 for seed in ${seeds[@]}; do
-  python glue_scripts/reproduce_glue.py "${common[@]}" --seeds "$seed" --tasks rte mrpc cola stsb sst2 \
+  python glue_scripts/reproduce_glue.py "${common[@]}" --seeds "$seed" --tasks "${tasks[@]}" \
     --methods "${methods[@]}"
 done
 python glue_scripts/reproduce_glue.py "${common[@]}" --tasks rte mrpc cola stsb sst2 --methods "${methods[@]}" \
