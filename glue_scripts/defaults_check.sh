@@ -43,4 +43,4 @@ PY
     done
   done
 done
-python -m glue_scripts.summarize_defaults $out
+python -m glue_scripts.summarize_defaults $out ../shared/glue

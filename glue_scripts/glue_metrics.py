@@ -44,6 +44,24 @@ def glue_metrics(task: Optional[str], predictions: np.ndarray, references: np.nd
     return result
 
 
+def input_blind_baseline(task: str, labels: Sequence[float]) -> tuple[float, Optional[float]]:
+    """What a model that ignores its input reaches on `labels` (a dev set): the lowest eval loss
+    (classification: the entropy of the label frequencies, in nats, reached by predicting them;
+    STS-B: the labels' variance, the squared error of predicting their mean) and the main score of
+    predicting the majority class (None for STS-B: constant predictions have no correlation).
+
+    A run whose `eval_loss` sits at the first learnt nothing it could show in its probabilities;
+    ln 2 is that loss only for balanced binary tasks (CoLA's is 0.618, MRPC's 0.624)."""
+    labels = np.asarray(labels)
+    if glue_task(task).is_regression:
+        return float(labels.astype(np.float64).var()), None
+    frequencies = np.bincount(labels.astype(np.int64)) / len(labels)
+    present = frequencies[frequencies > 0]
+    majority = np.full_like(labels, int(np.argmax(frequencies)))
+    scores = glue_metrics(task, majority, labels)
+    return float(-(present * np.log(present)).sum()), scores.get("combined_score", next(iter(scores.values())))
+
+
 def predictions_from_logits(logits: np.ndarray | tuple, is_regression: bool) -> np.ndarray:
     """Model outputs -> predictions: the score of a regression head, the argmax of a classifier's logits."""
     logits = logits[0] if isinstance(logits, tuple) else logits

@@ -36,6 +36,13 @@ from transformers import HfArgumentParser
 
 from ksam_hf import KSAMConfig
 
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(REPO))
+
+from glue_scripts.glue_data import glue_task, load_glue_tsv  # noqa: E402
+from glue_scripts.glue_metrics import input_blind_baseline  # noqa: E402
+
 TASK_ORDER = ("rte", "mrpc", "cola", "stsb", "sst2", "qnli", "mnli", "qqp", "wnli")
 """The order of the tables' columns."""
 RUN_GLUE = Path(__file__).resolve().parent / "run_glue.py"
@@ -316,13 +323,21 @@ def summarize(rows: list[dict], args: ReproductionArguments) -> pd.DataFrame:
                                + [f"{statistics.median(ratios):.2f}" if ratios else "—",
                                   f"{sum(times) / len(times):.2f}" if times else "—"]))
     rule = "|---" * (len(tasks) + 1) + "|"
+    blind = input_blind_baselines(args.glue_dir, tasks)
+    if blind:
+        score_lines.append(line("*input-blind: the majority class*", [
+            "—" if blind.get(t, (None, None))[1] is None else f"{100 * blind[t][1]:.1f}" for t in tasks] + [""]))
+        loss_lines.append(line("*input-blind optimum*", [
+            f"{blind[t][0]:.3f}" if t in blind else "—" for t in tasks]))
     text = [
         "Written by `glue_scripts/reproduce_glue.py` from `results.jsonl` (every run recorded with this",
         "grid's shared hyper-parameters; `reproduction_arguments.json` holds them).", "",
         "## Dev score x 100, mean ± std over seeds (n = seeds)", "",
         header + " | average |", rule + "---|", *score_lines, "",
         "## Dev loss (`eval_loss`), mean over seeds", "",
-        "ln 2 = 0.693 is the loss of a binary classifier that predicts 50/50 for every input.", "",
+        "The input-blind optimum is the lowest dev loss of a model that ignores its input (the entropy of",
+        "the dev labels; STS-B: their variance): ln 2 = 0.693 on a balanced binary task, less on an",
+        "unbalanced one. A run there learnt nothing its probabilities show; one above it is overconfident.", "",
         header + " |", rule, *loss_lines, "",
         f"## Paired difference to {baseline} (same seed), x 100: mean [95 % t-interval]", "",
         "A method is worse than the baseline where the whole interval is below 0. The average column",
@@ -335,6 +350,20 @@ def summarize(rows: list[dict], args: ReproductionArguments) -> pd.DataFrame:
     plot_score_vs_time(stats_table, tasks, results_dir / "score_vs_time.png", baseline)
     plot_curves(current_rows(rows, args), tasks, methods, results_dir / "curves.png")
     return table
+
+
+def input_blind_baselines(glue_dir: Optional[str], tasks: list[str]) -> dict[str, tuple[float, Optional[float]]]:
+    """Task -> (lowest dev loss, majority-class score) of a model that ignores its input, from the
+    dev labels under `glue_dir` (tasks whose dev file is not there are left out)."""
+    baselines = {}
+    for task in tasks if glue_dir else []:
+        split = glue_task(task).eval_splits[0]
+        try:
+            labels = load_glue_tsv(glue_dir, task, [split])[split]["label"]
+        except FileNotFoundError:
+            continue
+        baselines[task] = input_blind_baseline(task, labels)
+    return baselines
 
 
 def short_name(method: str) -> str:

@@ -1,12 +1,16 @@
 """The table of `defaults_check.sh`: every K-SAM variant beside AdamW on the same command and seed.
 
-Usage: python -m glue_scripts.summarize_defaults docs/results/defaults
+Usage: python -m glue_scripts.summarize_defaults docs/results/defaults [GLUE_DIR]
+(GLUE_DIR: the dev labels, for the input-blind reference of each task)
 """
 
 import json
 import math
 import sys
 from pathlib import Path
+from typing import Optional
+
+from glue_scripts.reproduce_glue import input_blind_baselines
 
 METRIC = {"mrpc": "eval_combined_score", "sst2": "eval_accuracy"}
 SETTINGS = ("ksam_selection", "sam_rho", "ksam_k")
@@ -29,15 +33,26 @@ def table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def main(out: Path) -> None:
+def reference_line(glue_dir: Optional[str]) -> str:
+    """What a model that ignores its input reaches on each task's dev set (empty without the data)."""
+    blind = input_blind_baselines(glue_dir, list(METRIC))
+    if not blind:
+        return ""
+    return ("A model that ignores its input reaches at best an eval_loss of " + ", ".join(
+        f"{blind[t][0]:.3f} on {t}" for t in blind) + " (the dev labels' entropy), and scores " + ", ".join(
+        f"{100 * blind[t][1]:.1f} on {t}" for t in blind) + " by predicting the majority class. ")
+
+
+def main(out: Path, glue_dir: Optional[str] = None) -> None:
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
     lines = table(rows)
     (out / "results.md").write_text(
         "`bash glue_scripts/defaults_check.sh`: run_glue.py's defaults plus `--optimizer`; the `ksam` variant "
         "is the library's defaults with no other flag, the others the candidates the defaults were chosen "
-        f"from. ln 2 = {math.log(2):.3f}. Machine: 2 CPU cores (AVX-512), no GPU.\n\n" + "\n".join(lines) + "\n")
+        f"from. ln 2 = {math.log(2):.3f}. {reference_line(glue_dir)}Machine: 2 CPU cores (AVX-512), no GPU "
+        "(docs/machine.txt).\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else None)

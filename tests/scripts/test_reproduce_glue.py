@@ -76,6 +76,21 @@ def test_grid_skips_finished_runs_and_summarises(tmp_path, monkeypatch):
     assert "| ksam@ksam_k=0.1 | 0.80 | 0.80 | 0.80 | 0.80 |" in table  # step and time ratios
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 16 and (tmp_path / "score_vs_time.png").stat().st_size > 0
+    assert "| *input-blind" not in table  # no --glue_dir: no dev labels to read
+
+    # With the dev labels: RTE 3 entailment (id 0), 1 not; CoLA (headerless) 1 unacceptable, 1 acceptable.
+    glue = tmp_path / "glue"
+    (glue / "RTE").mkdir(parents=True)
+    (glue / "RTE" / "dev.tsv").write_text("index\tsentence1\tsentence2\tlabel\n" + "".join(
+        f"{i}\ta\tb\t{label}\n" for i, label in enumerate(["entailment"] * 3 + ["not_entailment"])))
+    (glue / "CoLA").mkdir()
+    (glue / "CoLA" / "dev.tsv").write_text("src\t0\t*\tA b.\nsrc\t1\t\tC d.\n")
+    rg.main(argv[:-4] + ["--summarize_only", "--results_dir", str(tmp_path), "--runs_dir", "x",
+                         "--glue_dir", str(glue)])
+    table = (tmp_path / "results.md").read_text()
+    # RTE: -(3/4 ln 3/4 + 1/4 ln 1/4) = 0.562, majority accuracy 75.0; CoLA: ln 2, MCC 0.
+    assert "| *input-blind: the majority class* | 75.0 | 0.0 |  |" in table
+    assert "| *input-blind optimum* | 0.562 | 0.693 |" in table
 
 
 def test_a_truncated_line_is_reported_and_skipped(tmp_path, capsys):

@@ -29,3 +29,14 @@ def test_each_variant_beside_adamw_on_the_same_command(tmp_path):
         "| sst2 | 8 | 1 | ls50 | ksam_selection=loss_sampled, sam_rho=0.01, ksam_k=0.5 | 90.0 | 91.5 | +1.5 | 0.300 "
         "| 0.280 | 1.30 |",
     ]
+
+
+def test_the_input_blind_reference_comes_from_the_dev_labels(tmp_path):
+    # MRPC dev labels 1, 1, 1, 0: entropy 0.562 nats; the majority class scores (3/4 + 6/7) / 2 = 80.4.
+    (tmp_path / "results.jsonl").write_text(json.dumps(row("mrpc", 8, "adamw", 0.8, 0.45, 0.2)) + "\n")
+    (tmp_path / "glue" / "MRPC").mkdir(parents=True)
+    (tmp_path / "glue" / "MRPC" / "dev.tsv").write_text("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n" + "".join(
+        f"{label}\t{i}\t{i + 100}\ta\tb\n" for i, label in enumerate([1, 1, 1, 0])))
+    summarize_defaults.main(tmp_path, str(tmp_path / "glue"))
+    text = (tmp_path / "results.md").read_text()
+    assert "eval_loss of 0.562 on mrpc" in text and "scores 80.4 on mrpc" in text

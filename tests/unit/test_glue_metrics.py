@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from transformers import EvalPrediction
 
-from glue_scripts.glue_metrics import glue_metrics, make_compute_metrics, predictions_from_logits
+from glue_scripts.glue_metrics import glue_metrics, input_blind_baseline, make_compute_metrics, predictions_from_logits
 
 # A binary confusion matrix: TP = 3, TN = 2, FP = 1, FN = 2 (positive class 1).
 REFERENCES = np.array([1, 1, 1, 0, 0, 0, 1, 1])
@@ -114,3 +114,17 @@ def test_compute_metrics_scores_in_the_task_label_space():
     assert result["f1"] == pytest.approx(2 / 3)
     assert glue_metrics("mrpc", model_predictions, model_references)["f1"] != pytest.approx(2 / 3)  # the wrong class
 
+
+
+def test_input_blind_baseline_by_hand():
+    # Labels 1, 1, 1, 0: predicting the frequencies (3/4, 1/4) costs -(3/4 ln 3/4 + 1/4 ln 1/4) = 0.5623 nats;
+    # the majority class (1) scores accuracy 3/4 and F1 2 * 3 / (2 * 3 + 1) = 6/7 on MRPC.
+    loss, score = input_blind_baseline("mrpc", [1, 1, 1, 0])
+    assert loss == pytest.approx(0.562335, abs=1e-6)
+    assert score == pytest.approx((0.75 + 6 / 7) / 2)
+    loss, score = input_blind_baseline("cola", [0, 1, 0, 1])  # balanced: ln 2; a constant scores MCC 0
+    assert loss == pytest.approx(math.log(2)) and score == 0.0
+    loss, score = input_blind_baseline("rte", [0, 0, 0])  # one class only: nothing to learn
+    assert loss == 0.0 and score == 1.0
+    loss, score = input_blind_baseline("stsb", [1.0, 2.0, 4.0, 5.0])  # squared error of the mean (3): 2.5
+    assert loss == pytest.approx(2.5) and score is None
