@@ -15,7 +15,7 @@ from .runners import VARIANT_K, MethodRunner
 BOUND_LIMIT = 1.05  # K-SAM measured / bound
 KSAM_VS_ADAMW_LIMIT = 0.85  # K-SAM at k = KSAM_VS_ADAMW_K / AdamW
 KSAM_VS_ADAMW_K = VARIANT_K
-TOP_K_ASCENT_VS_ADAMW_LIMIT = 1.7  # descent on the whole batch: 1 + 1/3 (ranking forward) + 1/4 (ascent on k), +5 %
+TOP_K_ASCENT_VS_ADAMW_LIMIT = 1.7  # a full descent, a ranking forward and an ascent on k: more than AdamW
 SAM_VS_ADAMW_LIMIT = 2.0
 MEMORY_SLACK = 0.01  # of the parameters' bytes: small tensors (losses, indices) differ between the steps
 

@@ -44,8 +44,9 @@ EPOCHS = 2
 
 def train(noise: float, warm_epochs: int = 0, **sam) -> tuple[float, float]:
     """Eval loss, and the last logged mean top-class probability of the ranking pass (NaN for AdamW).
-    `warm_epochs` of AdamW come first (a trainer of their own, its own learning-rate decay), the
-    method runs the rest of the EPOCHS: does a model that has learnt something escape the collapse?"""
+    `warm_epochs` of AdamW come first (a trainer of their own: its own learning-rate decay, and the
+    method's trainer starts the data order again), the method runs the rest of the EPOCHS: does a
+    model that has learnt something escape the collapse?"""
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(
         vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,

@@ -34,12 +34,11 @@ import pandas as pd
 from scipy import stats
 from transformers import HfArgumentParser
 
-from ksam_hf import KSAMConfig
-
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
+from ksam_hf import KSAMConfig  # noqa: E402
 from glue_scripts.glue_data import glue_task, load_glue_tsv  # noqa: E402
 from glue_scripts.glue_metrics import input_blind_baseline  # noqa: E402
 
@@ -83,7 +82,8 @@ class ReproductionArguments:
                           "being run again."})
     summarize_only: bool = field(default=False, metadata={"help": "Rewrite the summary from results.jsonl."})
     plan_only: bool = field(
-        default=False, metadata={"help": "List the grid's runs in the order they run, each done or to run, and stop."})
+        default=False,
+        metadata={"help": "List the grid's runs in the order they run, each done, reused or to run, and stop."})
 
 
 OVERRIDABLE_TRAINING_FIELDS = ("learning_rate", "num_train_epochs", "model_name_or_path")
@@ -477,7 +477,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                 append_row(raw, row)
         for task, method, seed in grid_runs(args):
             settings = run_settings(task, method, seed, args)
-            if not is_done(raw, task, method, seed, settings):
+            if (task, method, seed, run_key(settings)) not in recorded_runs(raw):
                 append_row(raw, run_one(task, method, seed, settings, args))
                 summarize(load_rows(raw), args)
     summarize(load_rows(raw), args)
@@ -489,9 +489,9 @@ def grid_runs(args: ReproductionArguments) -> list[tuple[str, str, int]]:
     return [(task, method, seed) for seed in args.seeds for task in args.tasks for method in args.methods]
 
 
-def is_done(raw: Path, task: str, method: str, seed: int, settings: dict[str, str]) -> bool:
-    return (task, method, seed, run_key(settings)) in {(r["task"], r["method"], r["seed"], r["key"])
-                                                       for r in load_rows(raw)}
+def recorded_runs(raw: Path) -> set[tuple[str, str, int, str]]:
+    """(task, method, seed, key) of every run in `raw`."""
+    return {(r["task"], r["method"], r["seed"], r["key"]) for r in load_rows(raw)}
 
 
 def print_plan(raw: Path, args: ReproductionArguments) -> None:
@@ -499,9 +499,9 @@ def print_plan(raw: Path, args: ReproductionArguments) -> None:
     `--reuse_runs_from` when the grid starts) or `to run`; then the counts. Writes nothing."""
     lent = {(r["task"], r["method"], r["seed"]) for r in reusable_rows(Path(args.reuse_runs_from), raw, args)} \
         if args.reuse_runs_from else set()
-    states = []
+    recorded, states = recorded_runs(raw), []
     for task, method, seed in grid_runs(args):
-        state = "done" if is_done(raw, task, method, seed, run_settings(task, method, seed, args)) else \
+        state = "done" if (task, method, seed, run_key(run_settings(task, method, seed, args))) in recorded else \
             "reused" if (task, method, seed) in lent else "to run"
         states.append(state)
         print(f"{state:<7} seed {seed} {task} {method}")

@@ -84,7 +84,8 @@ def inclusion_probabilities(scores: torch.Tensor, k: int, uniform_mix: float) ->
     """Probabilities `pi` (summing to `k`, each at most 1) of keeping each example, increasing with
     its score: `pi_i = min(1, c * p_i)` with `p_i = (1 - uniform_mix) * s_i / sum(s) + uniform_mix / n`.
 
-    `uniform_mix` (in (0, 1]) bounds the importance weights `1 / pi` at `n / (uniform_mix * k)`.
+    `uniform_mix` bounds the importance weights `1 / pi` at `n / (uniform_mix * k)` (0, loss alone, is
+    computed here but refused by `LossSampled`: a zero-loss example would never be drawn).
     Computed in float64; `scores` must be non-negative and finite.
     """
     scores = scores.double().clamp_min(0)

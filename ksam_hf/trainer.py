@@ -203,10 +203,10 @@ class SharpnessAwareStepMixin:
 
     def _is_single_label(self, inputs: dict[str, Any]) -> bool:
         """Whether the batch is single-label classification, for the health signal. With
-        `problem_type` unset, float labels make a classifier multi-label (Transformers decides so
-        in the loss), where the top class's softmax probability means nothing."""
+        `problem_type` unset, labels that are not `long` / `int` make a classifier multi-label (as
+        Transformers decides in the loss), where the top class's softmax probability means nothing."""
         labels = inputs.get("labels")
-        return self._single_label and not (torch.is_tensor(labels) and labels.is_floating_point())
+        return self._single_label and not (torch.is_tensor(labels) and labels.dtype not in (torch.long, torch.int))
 
     def _select(self, ranking: Ranking) -> Optional[Selected]:
         """Apply the selection rule to a ranked batch (None if no example has a label)."""
@@ -245,7 +245,7 @@ class SharpnessAwareStepMixin:
             outputs, (sums, counts) = self._forward(model, rows)
             loss = sums.sum() / counts.sum()
             grads = ascent_gradient(loss * loss_scale, params)
-        if self.args.sam_mode == "sam" and self._single_label:
+        if self.args.sam_mode == "sam" and self._is_single_label(rows):
             self.sam_statistics.add_confidence(mean_max_probability(outputs, counts))
         del outputs
         if self.args.sam_sync_ascent and self.accelerator.num_processes > 1:

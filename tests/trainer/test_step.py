@@ -155,11 +155,12 @@ def test_confidence_of_a_classifier_is_logged(mode, make_trainer):
 def test_no_confidence_is_logged_for_float_labels_or_unlabelled_batches(make_trainer):
     """Float labels with `problem_type` unset make a classifier multi-label (as Transformers' loss
     decides): its softmax top class means nothing. A micro-batch without labels adds nothing."""
-    model, batch = make_case("seqcls_multi", seed=42)
-    assert model.config.problem_type is None
-    trainer = make_trainer(model, sam_mode="ksam", ksam_k=2)
-    trainer.training_step(model, dict(batch))
-    assert "sam_mean_max_prob" not in trainer.sam_statistics.pop()
+    for mode in ("ksam", "sam"):
+        model, batch = make_case("seqcls_multi", seed=42)
+        assert model.config.problem_type is None
+        trainer = make_trainer(model, sam_mode=mode, ksam_k=2)
+        trainer.training_step(model, dict(batch))
+        assert "sam_mean_max_prob" not in trainer.sam_statistics.pop(), mode
 
     model, batch = make_case("seqcls_single", seed=43)
     with torch.no_grad():

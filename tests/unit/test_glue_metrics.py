@@ -115,7 +115,6 @@ def test_compute_metrics_scores_in_the_task_label_space():
     assert glue_metrics("mrpc", model_predictions, model_references)["f1"] != pytest.approx(2 / 3)  # the wrong class
 
 
-
 def test_input_blind_baseline_by_hand():
     # Labels 1, 1, 1, 0: predicting the frequencies (3/4, 1/4) costs -(3/4 ln 3/4 + 1/4 ln 1/4) = 0.5623 nats;
     # the majority class (1) scores accuracy 3/4 and F1 2 * 3 / (2 * 3 + 1) = 6/7 on MRPC.
