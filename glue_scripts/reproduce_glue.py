@@ -348,16 +348,18 @@ def summarize(rows: list[dict], args: ReproductionArguments) -> pd.DataFrame:
     ]
     (results_dir / "results.md").write_text("\n".join(text))
     plot_score_vs_time(stats_table, tasks, results_dir / "score_vs_time.png", baseline)
-    plot_curves(current_rows(rows, args), tasks, methods, results_dir / "curves.png")
+    plot_curves(current_rows(rows, args), tasks, methods, results_dir / "curves.png",
+                {task: loss for task, (loss, _) in input_blind_baselines(args.glue_dir, tasks, train=True).items()})
     return table
 
 
-def input_blind_baselines(glue_dir: Optional[str], tasks: list[str]) -> dict[str, tuple[float, Optional[float]]]:
-    """Task -> (lowest dev loss, majority-class score) of a model that ignores its input, from the
-    dev labels under `glue_dir` (tasks whose dev file is not there are left out)."""
+def input_blind_baselines(glue_dir: Optional[str], tasks: list[str],
+                          train: bool = False) -> dict[str, tuple[float, Optional[float]]]:
+    """Task -> (lowest loss, majority-class score) of a model that ignores its input, from the dev
+    labels under `glue_dir` (`train`: the training labels; tasks without the file are left out)."""
     baselines = {}
     for task in tasks if glue_dir else []:
-        split = glue_task(task).eval_splits[0]
+        split = "train" if train else glue_task(task).eval_splits[0]
         try:
             labels = load_glue_tsv(glue_dir, task, [split])[split]["label"]
         except FileNotFoundError:
@@ -410,8 +412,10 @@ def plot_score_vs_time(stats_table: pd.DataFrame, tasks: list[str], path: Path, 
     plt.close(fig)
 
 
-def plot_curves(rows: list[dict], tasks: list[str], methods: list[str], path: Path) -> None:
-    """Training loss (top) and, for SAM methods on classification, the batch's mean top-class
+def plot_curves(rows: list[dict], tasks: list[str], methods: list[str], path: Path,
+                input_blind: dict[str, float]) -> None:
+    """Training loss (top; dotted: `input_blind[task]`, the loss of predicting the training labels'
+    frequencies, else ln classes) and, for SAM methods on classification, the batch's mean top-class
     probability (bottom) against the step, one line per run (seeds in the same colour)."""
     import matplotlib
 
@@ -430,8 +434,9 @@ def plot_curves(rows: list[dict], tasks: list[str], methods: list[str], path: Pa
             if confidence:
                 axes[1][column].plot(*zip(*confidence), color=colors[r["method"]], lw=0.8)
         axes[0][column].set_title(task)
-        if task not in ("stsb",):
-            axes[0][column].axhline(math.log(2) if task != "mnli" else math.log(3), color="grey", ls=":", lw=0.8)
+        if task in input_blind or not glue_task(task).is_regression:
+            reference = input_blind.get(task, math.log(glue_task(task).num_labels))
+            axes[0][column].axhline(reference, color="grey", ls=":", lw=0.8)
         axes[1][column].set_xlabel("step")
         for ax in axes[:, column]:
             ax.grid(alpha=0.3)
