@@ -50,8 +50,9 @@ def input_blind_baseline(task: str, labels: Sequence[float]) -> tuple[float, Opt
     STS-B: the labels' variance, the squared error of predicting their mean) and the main score of
     predicting the majority class (None for STS-B: constant predictions have no correlation).
 
-    A run whose `eval_loss` sits at the first learnt nothing it could show in its probabilities;
-    ln 2 is that loss only for balanced binary tasks (CoLA's is 0.618, MRPC's 0.624)."""
+    The reference for a run's `eval_loss` (ln 2 only on balanced binary tasks; CoLA's is 0.618,
+    MRPC's 0.624): well below it the model has learnt; near it, it may have learnt nothing, or be
+    overconfident on its errors, which only the score tells apart."""
     labels = np.asarray(labels)
     if glue_task(task).is_regression:
         return float(labels.astype(np.float64).var()), None
