@@ -418,7 +418,8 @@ def plot_curves(rows: list[dict], tasks: list[str], methods: list[str], path: Pa
                 input_blind: dict[str, float]) -> None:
     """Training loss (top; dotted: `input_blind[task]`, the loss of predicting the training labels'
     frequencies, else ln classes) and, for SAM methods on classification, the batch's mean top-class
-    probability (bottom) against the step, one line per run (seeds in the same colour)."""
+    probability (bottom) against the step, one line per run (seeds in the same colour). K-SAM logs
+    its ranking pass's loss, without dropout by default: a little below a train-mode loss."""
     import matplotlib
 
     matplotlib.use("Agg")
