@@ -73,8 +73,9 @@ def summarise(methods: list[MethodRunner], times: dict[str, list[float]], faults
               batch_size: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """One row per method (with its bound where timed); the targets, each PASS / FAIL:
     K-SAM within BOUND_LIMIT of its bound; K-SAM at KSAM_VS_ADAMW_K within KSAM_VS_ADAMW_LIMIT x
-    AdamW (TOP_K_ASCENT_VS_ADAMW_LIMIT for `top_k_ascent`, whose descent is on the whole batch); SAM within SAM_VS_ADAMW_LIMIT x AdamW; SAM and K-SAM within AdamW's peak memory plus one
-    copy of the trainable parameters."""
+    AdamW (TOP_K_ASCENT_VS_ADAMW_LIMIT for `top_k_ascent`, whose descent is on the whole batch);
+    SAM within SAM_VS_ADAMW_LIMIT x AdamW; SAM and K-SAM within AdamW's peak memory plus one copy
+    of the trainable parameters."""
     med = {name: median(values) for name, values in times.items()}
     adamw, adamw_peak = med["adamw"], peaks["adamw"]
     rows, targets = [], []

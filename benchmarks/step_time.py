@@ -81,7 +81,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="K-SAM k (ksam_selection='loss_sampled'), fractions of the batch")
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS),
                    help=f"also time K-SAM at k={VARIANT_K:g} with ksam_selection='top_k' (top_k, the paper's "
-                        "rule) and 'top_k_ascent' (top_k_ascent, the library's default), ranking in train mode as the paper does (dropout_rank: "
+                        "rule) and 'top_k_ascent' (top_k_ascent, the library's default), ranking in train mode "
+                        "as the paper does (dropout_rank: "
                         "ksam_rank_without_dropout=False), and ranking by remembered losses (previous_loss: "
                         "ksam_hf.experimental's PreviousLossKSAMTrainer; every example has a remembered loss, "
                         "so the step skips the ranking forward pass)")
