@@ -228,10 +228,22 @@ def current_rows(rows: list[dict], args: ReproductionArguments) -> list[dict]:
             and r["key"] == run_key(run_settings(r["task"], r["method"], r["seed"], args))]
 
 
+UNIFORM_LOSS_TOLERANCE = 0.002
+"""A classifier's dev loss this close to ln(classes) is the 50/50 (uniform) predictor's."""
+
+
+def at_uniform_predictor(task: str, eval_loss: Optional[float]) -> bool:
+    """Whether a run ended at the loss of predicting every class equally for every input."""
+    spec = glue_task(task)
+    return (not spec.is_regression and eval_loss is not None
+            and abs(eval_loss - math.log(spec.num_labels)) < UNIFORM_LOSS_TOLERANCE)
+
+
 def per_run_table(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame([{
         "task": r["task"], "method": r["method"], "seed": r["seed"], "metric": r["metric"], "score": r["score"],
         "eval_loss": r["results"].get("eval_loss"), "train_loss": r["results"].get("train_loss"),
+        "at_uniform": at_uniform_predictor(r["task"], r["results"].get("eval_loss")),
         "last_mean_max_prob": next((log["sam_mean_max_prob"] for log in reversed(r.get("curve", []))
                                     if "sam_mean_max_prob" in log), None),
         "train_runtime": r["results"].get("train_runtime"),
@@ -279,7 +291,8 @@ def summarize(rows: list[dict], args: ReproductionArguments) -> pd.DataFrame:
     baseline = args.baseline
     grouped = table.groupby(["task", "method"])
     stats_table = grouped.agg(mean=("score", "mean"), std=("score", "std"), n=("score", "size"),
-                              loss=("eval_loss", "mean"), runtime=("train_runtime", "mean"),
+                              loss=("eval_loss", "mean"), at_uniform=("at_uniform", "sum"),
+                              runtime=("train_runtime", "mean"),
                               step=("median_step_time", "mean")).reset_index()
     base = stats_table[stats_table.method == baseline].set_index("task")
     stats_table["time_vs_base"] = [r.runtime / base.runtime.get(r.task, math.nan) for r in stats_table.itertuples()]
@@ -299,7 +312,8 @@ def summarize(rows: list[dict], args: ReproductionArguments) -> pd.DataFrame:
                 cells.append("—")
                 continue
             spread = "" if pd.isna(r.std) else f" ± {100 * r.std:.1f}"
-            cells.append(f"{100 * r.mean:.1f}{spread} (n={r.n})")
+            collapsed = f"; {r.at_uniform} at ln {glue_task(task).num_labels}" if r.at_uniform else ""
+            cells.append(f"{100 * r.mean:.1f}{spread} (n={r.n}{collapsed})")
             means.append(r.mean)
         average = f"{100 * sum(means) / len(means):.1f}" if len(means) == len(tasks) else "—"
         score_lines.append(line(method, cells + [average]))
@@ -333,6 +347,8 @@ def summarize(rows: list[dict], args: ReproductionArguments) -> pd.DataFrame:
         "Written by `glue_scripts/reproduce_glue.py` from `results.jsonl` (every run recorded with this",
         "grid's shared hyper-parameters; `reproduction_arguments.json` holds them).", "",
         "## Dev score x 100, mean ± std over seeds (n = seeds)", "",
+        "\"k at ln 2\": k of the runs ended at the dev loss of the 50/50 predictor (within "
+        f"{UNIFORM_LOSS_TOLERANCE}): their scores are those of a model that learnt nothing it is sure of.", "",
         header + " | average |", rule + "---|", *score_lines, "",
         "## Dev loss (`eval_loss`), mean over seeds", "",
         "The input-blind optimum is the lowest dev loss of a model that ignores its input (the entropy of",

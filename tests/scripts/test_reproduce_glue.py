@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -163,3 +164,20 @@ def test_the_plan_lists_done_reused_and_pending_runs_and_writes_nothing(tmp_path
     assert lines[:3] == ["reused  seed 1 rte adamw", "to run  seed 1 rte sam", "done    seed 1 cola adamw"]
     assert len(lines) == 9 and lines[-1] == "1 done, 1 reused, 6 to run of 8"
     assert sorted(path.name for path in (tmp_path / "grid").iterdir()) == before
+
+
+def test_runs_at_the_uniform_predictors_loss_are_counted_in_the_score_cell(tmp_path, monkeypatch):
+    """RTE seed 1 ends at ln 2 = 0.69315 (within 0.002), seed 2 at 0.690 (0.003 away): one of two."""
+    losses = {1: 0.6925, 2: 0.690}
+
+    def fake_run(task, method, seed, settings, args):
+        return {"task": task, "method": method, "seed": seed, "key": rg.run_key(settings), "metric": "accuracy",
+                "score": 0.5, "settings": settings,
+                "results": {"eval_accuracy": 0.5, "eval_loss": losses[seed], "train_runtime": 1.0,
+                            "train_median_step_time": 0.1}}
+
+    monkeypatch.setattr(rg, "run_one", fake_run)
+    rg.main(["--model_name_or_path", "m", "--tasks", "rte", "--methods", "adamw", "--seeds", "1", "2",
+             "--results_dir", str(tmp_path), "--runs_dir", str(tmp_path / "runs")])
+    assert "| adamw | 50.0 ± 0.0 (n=2; 1 at ln 2) | 50.0 |" in (tmp_path / "results.md").read_text()
+    assert rg.at_uniform_predictor("mnli", math.log(3) + 0.001) and not rg.at_uniform_predictor("stsb", 0.6931)
