@@ -18,6 +18,7 @@ Used for the sweep of k and rho, too.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -377,13 +378,18 @@ def input_blind_baselines(glue_dir: Optional[str], tasks: list[str],
     labels under `glue_dir` (`train`: the training labels; tasks without the file are left out)."""
     baselines = {}
     for task in tasks if glue_dir else []:
-        split = "train" if train else glue_task(task).eval_splits[0]
         try:
-            labels = load_glue_tsv(glue_dir, task, [split])[split]["label"]
+            baselines[task] = task_input_blind_baseline(glue_dir, task, train)
         except FileNotFoundError:
             continue
-        baselines[task] = input_blind_baseline(task, labels)
     return baselines
+
+
+@functools.lru_cache(maxsize=None)
+def task_input_blind_baseline(glue_dir: str, task: str, train: bool) -> tuple[float, Optional[float]]:
+    """One task's input-blind baseline, read once per process (the summary is rewritten after every run)."""
+    split = "train" if train else glue_task(task).eval_splits[0]
+    return input_blind_baseline(task, load_glue_tsv(glue_dir, task, [split])[split]["label"])
 
 
 def short_name(method: str) -> str:
