@@ -287,7 +287,9 @@ def summarize(rows: list[dict], args: ReproductionArguments) -> pd.DataFrame:
     table.to_csv(results_dir / "results.csv", index=False)
     if table.empty:
         return table
-    methods = list(dict.fromkeys(table.method))
+    # The grid's methods in its order, then any other method recorded with the grid's settings.
+    recorded = list(dict.fromkeys(table.method))
+    methods = [m for m in args.methods if m in recorded] + [m for m in recorded if m not in args.methods]
     tasks = [t for t in TASK_ORDER if t in set(table.task)]
     baseline = args.baseline
     grouped = table.groupby(["task", "method"])

@@ -93,6 +93,13 @@ def test_grid_skips_finished_runs_and_summarises(tmp_path, monkeypatch):
     assert "| *input-blind: the majority class* | 75.0 | 0.0 |  |" in table
     assert "| *input-blind optimum* | 0.562 | 0.693 |" in table
 
+    # Rows follow --methods (then methods recorded but not named), not the order the runs finished in.
+    rg.main(argv[:-4] + ["--summarize_only", "--methods", "ksam@ksam_k=0.1", "--results_dir", str(tmp_path),
+                         "--runs_dir", "x"])
+    lines = (tmp_path / "results.md").read_text().splitlines()
+    first_cells = [line.split(" | ")[0] for line in lines if line.startswith("| ksam@") or line.startswith("| adamw")]
+    assert first_cells[:2] == ["| ksam@ksam_k=0.1", "| adamw"]
+
 
 def test_a_truncated_line_is_reported_and_skipped(tmp_path, capsys):
     path = tmp_path / "results.jsonl"
