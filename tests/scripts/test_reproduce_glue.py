@@ -188,3 +188,20 @@ def test_runs_at_the_uniform_predictors_loss_are_counted_in_the_score_cell(tmp_p
              "--results_dir", str(tmp_path), "--runs_dir", str(tmp_path / "runs")])
     assert "| adamw | 50.0 ± 0.0 (n=2; 1 at ln 2) | 50.0 |" in (tmp_path / "results.md").read_text()
     assert rg.at_uniform_predictor("mnli", math.log(3) + 0.001) and not rg.at_uniform_predictor("stsb", 0.6931)
+
+
+def test_the_step_time_ratio_is_the_median_of_same_seed_ratios(tmp_path, monkeypatch):
+    """AdamW's seed-3 run was slowed (2.0 s a step against 1.0): the same-seed ratios of a method at
+    1.5 s are 1.5, 1.5, 0.75, median 1.5; the ratio of the means would say 1.5 / 1.333 = 1.125."""
+    steps = {("adamw", 1): 1.0, ("adamw", 2): 1.0, ("adamw", 3): 2.0, ("sam", 1): 1.5, ("sam", 2): 1.5, ("sam", 3): 1.5}
+
+    def fake_run(task, method, seed, settings, args):
+        return {"task": task, "method": method, "seed": seed, "key": rg.run_key(settings), "metric": "accuracy",
+                "score": 0.5, "settings": settings,
+                "results": {"eval_accuracy": 0.5, "eval_loss": 0.5, "train_runtime": 10.0,
+                            "train_median_step_time": steps[method, seed]}}
+
+    monkeypatch.setattr(rg, "run_one", fake_run)
+    rg.main(["--model_name_or_path", "m", "--tasks", "rte", "--methods", "adamw", "sam", "--seeds", "1", "2", "3",
+             "--results_dir", str(tmp_path), "--runs_dir", str(tmp_path / "runs")])
+    assert "| sam | 1.50 | 1.50 | 1.00 |" in (tmp_path / "results.md").read_text()
