@@ -304,8 +304,7 @@ def summarize(rows: list[dict], args: ReproductionArguments) -> pd.DataFrame:
     grouped = table.groupby(["task", "method"])
     stats_table = grouped.agg(mean=("score", "mean"), std=("score", "std"), n=("score", "size"),
                               loss=("eval_loss", "mean"), at_uniform=("at_uniform", "sum"),
-                              runtime=("train_runtime", "mean"),
-                              step=("median_step_time", "mean")).reset_index()
+                              runtime=("train_runtime", "mean")).reset_index()
     base = stats_table[stats_table.method == baseline].set_index("task")
     stats_table["time_vs_base"] = [r.runtime / base.runtime.get(r.task, math.nan) for r in stats_table.itertuples()]
     stats_table["step_vs_base"] = [paired_step_ratio(table, r.task, r.method, baseline)
