@@ -279,12 +279,12 @@ def paired_differences(table: pd.DataFrame, method: str, baseline: str, tasks: l
     return out
 
 
-def paired_step_ratio(table: pd.DataFrame, task: str, method: str, baseline: str) -> float:
+def paired_step_ratio(steps: dict[tuple[str, str, int], float], task: str, method: str, baseline: str) -> float:
     """Median over the seeds both have of the method's median step time / the baseline's on the same
-    seed: paired, so that a run slowed by other work on the machine moves one ratio, not the cell."""
-    steps = table.dropna(subset=["median_step_time"]).set_index(["task", "method", "seed"])["median_step_time"]
-    ratios = [steps[task, method, seed] / steps[task, baseline, seed] for seed in table.seed.unique()
-              if (task, method, seed) in steps.index and (task, baseline, seed) in steps.index]
+    seed (`steps`: (task, method, seed) -> time): paired, so that a run slowed by other work on the
+    machine moves one ratio, not the cell."""
+    ratios = [time / steps[task, baseline, seed] for (t, m, seed), time in steps.items()
+              if (t, m) == (task, method) and (task, baseline, seed) in steps]
     return statistics.median(ratios) if ratios else math.nan
 
 
@@ -307,7 +307,9 @@ def summarize(rows: list[dict], args: ReproductionArguments) -> pd.DataFrame:
                               runtime=("train_runtime", "mean")).reset_index()
     base = stats_table[stats_table.method == baseline].set_index("task")
     stats_table["time_vs_base"] = [r.runtime / base.runtime.get(r.task, math.nan) for r in stats_table.itertuples()]
-    stats_table["step_vs_base"] = [paired_step_ratio(table, r.task, r.method, baseline)
+    timed = table.dropna(subset=["median_step_time"])
+    steps = dict(zip(zip(timed.task, timed.method, timed.seed), timed.median_step_time))
+    stats_table["step_vs_base"] = [paired_step_ratio(steps, r.task, r.method, baseline)
                                    for r in stats_table.itertuples()]
     cell = {(r.task, r.method): r for r in stats_table.itertuples()}
     header = "| method | " + " | ".join(f"{t} ({MAIN_METRIC[t]})" for t in tasks)

@@ -173,17 +173,20 @@ def test_the_plan_lists_done_reused_and_pending_runs_and_writes_nothing(tmp_path
     assert sorted(path.name for path in (tmp_path / "grid").iterdir()) == before
 
 
+def rte_run(eval_loss=lambda method, seed: 0.5, step_time=lambda method, seed: 0.1):
+    """A stand-in for `run_one`: an RTE run scoring 50 %, with the given dev loss and step time."""
+    def run(task, method, seed, settings, args):
+        return {"task": task, "method": method, "seed": seed, "key": rg.run_key(settings), "metric": "accuracy",
+                "score": 0.5, "settings": settings,
+                "results": {"eval_accuracy": 0.5, "eval_loss": eval_loss(method, seed), "train_runtime": 10.0,
+                            "train_median_step_time": step_time(method, seed)}}
+    return run
+
+
 def test_runs_at_the_uniform_predictors_loss_are_counted_in_the_score_cell(tmp_path, monkeypatch):
     """RTE seed 1 ends at ln 2 = 0.69315 (within 0.002), seed 2 at 0.690 (0.003 away): one of two."""
     losses = {1: 0.6925, 2: 0.690}
-
-    def fake_run(task, method, seed, settings, args):
-        return {"task": task, "method": method, "seed": seed, "key": rg.run_key(settings), "metric": "accuracy",
-                "score": 0.5, "settings": settings,
-                "results": {"eval_accuracy": 0.5, "eval_loss": losses[seed], "train_runtime": 1.0,
-                            "train_median_step_time": 0.1}}
-
-    monkeypatch.setattr(rg, "run_one", fake_run)
+    monkeypatch.setattr(rg, "run_one", rte_run(eval_loss=lambda method, seed: losses[seed]))
     rg.main(["--model_name_or_path", "m", "--tasks", "rte", "--methods", "adamw", "--seeds", "1", "2",
              "--results_dir", str(tmp_path), "--runs_dir", str(tmp_path / "runs")])
     assert "| adamw | 50.0 ± 0.0 (n=2; 1 at ln 2) | 50.0 |" in (tmp_path / "results.md").read_text()
@@ -194,14 +197,7 @@ def test_the_step_time_ratio_is_the_median_of_same_seed_ratios(tmp_path, monkeyp
     """AdamW's seed-3 run was slowed (2.0 s a step against 1.0): the same-seed ratios of a method at
     1.5 s are 1.5, 1.5, 0.75, median 1.5; the ratio of the means would say 1.5 / 1.333 = 1.125."""
     steps = {("adamw", 1): 1.0, ("adamw", 2): 1.0, ("adamw", 3): 2.0, ("sam", 1): 1.5, ("sam", 2): 1.5, ("sam", 3): 1.5}
-
-    def fake_run(task, method, seed, settings, args):
-        return {"task": task, "method": method, "seed": seed, "key": rg.run_key(settings), "metric": "accuracy",
-                "score": 0.5, "settings": settings,
-                "results": {"eval_accuracy": 0.5, "eval_loss": 0.5, "train_runtime": 10.0,
-                            "train_median_step_time": steps[method, seed]}}
-
-    monkeypatch.setattr(rg, "run_one", fake_run)
+    monkeypatch.setattr(rg, "run_one", rte_run(step_time=lambda method, seed: steps[method, seed]))
     rg.main(["--model_name_or_path", "m", "--tasks", "rte", "--methods", "adamw", "sam", "--seeds", "1", "2", "3",
              "--results_dir", str(tmp_path), "--runs_dir", str(tmp_path / "runs")])
     assert "| sam | 1.50 | 1.50 | 1.00 |" in (tmp_path / "results.md").read_text()
