@@ -4,7 +4,7 @@ Each run is a subprocess of `glue_scripts/run_glue.py`; its `all_results.json` b
 `results.jsonl` (raw, appended as runs finish). A run already in that file (same task, method,
 seed and hyper-parameters) is skipped, so the script can be stopped and started again. After
 every run it rewrites the summary: `results.csv`, `results.md` (mean +- std per task and method,
-average over tasks, training time relative to AdamW) and `score_vs_time.png`.
+average over tasks, step and training time relative to AdamW) and `score_vs_time.png`.
 
     python glue_scripts/reproduce_glue.py --model_name_or_path ../shared/models/all-MiniLM-L6-v2 \
         --glue_dir ../shared/glue --tasks rte mrpc cola stsb sst2 --methods adamw sam ksam --seeds 1 2 3
@@ -279,12 +279,12 @@ def paired_differences(table: pd.DataFrame, method: str, baseline: str, tasks: l
     return out
 
 
-def paired_step_ratio(steps: dict[tuple[str, str, int], float], task: str, method: str, baseline: str) -> float:
-    """Median over the seeds both have of the method's median step time / the baseline's on the same
-    seed (`steps`: (task, method, seed) -> time): paired, so that a run slowed by other work on the
-    machine moves one ratio, not the cell."""
-    ratios = [time / steps[task, baseline, seed] for (t, m, seed), time in steps.items()
-              if (t, m) == (task, method) and (task, baseline, seed) in steps]
+def paired_ratio(values: dict[tuple[str, str, int], float], task: str, method: str, baseline: str) -> float:
+    """Median over the seeds both have of the method's value (a step time, a runtime) / the baseline's
+    on the same seed (`values`: (task, method, seed) -> value): paired, so that a run slowed by other
+    work on the machine moves one ratio, not the cell."""
+    ratios = [value / values[task, baseline, seed] for (t, m, seed), value in values.items()
+              if (t, m) == (task, method) and (task, baseline, seed) in values]
     return statistics.median(ratios) if ratios else math.nan
 
 
@@ -303,14 +303,11 @@ def summarize(rows: list[dict], args: ReproductionArguments) -> pd.DataFrame:
     baseline = args.baseline
     grouped = table.groupby(["task", "method"])
     stats_table = grouped.agg(mean=("score", "mean"), std=("score", "std"), n=("score", "size"),
-                              loss=("eval_loss", "mean"), at_uniform=("at_uniform", "sum"),
-                              runtime=("train_runtime", "mean")).reset_index()
-    base = stats_table[stats_table.method == baseline].set_index("task")
-    stats_table["time_vs_base"] = [r.runtime / base.runtime.get(r.task, math.nan) for r in stats_table.itertuples()]
-    timed = table.dropna(subset=["median_step_time"])
-    steps = dict(zip(zip(timed.task, timed.method, timed.seed), timed.median_step_time))
-    stats_table["step_vs_base"] = [paired_step_ratio(steps, r.task, r.method, baseline)
-                                   for r in stats_table.itertuples()]
+                              loss=("eval_loss", "mean"), at_uniform=("at_uniform", "sum")).reset_index()
+    for column, source in (("step_vs_base", "median_step_time"), ("time_vs_base", "train_runtime")):
+        timed = table.dropna(subset=[source])
+        values = dict(zip(zip(timed.task, timed.method, timed.seed), timed[source]))
+        stats_table[column] = [paired_ratio(values, r.task, r.method, baseline) for r in stats_table.itertuples()]
     cell = {(r.task, r.method): r for r in stats_table.itertuples()}
     header = "| method | " + " | ".join(f"{t} ({MAIN_METRIC[t]})" for t in tasks)
 
@@ -349,7 +346,7 @@ def summarize(rows: list[dict], args: ReproductionArguments) -> pd.DataFrame:
         cost_lines.append(line(method, [f"{cell[t, method].step_vs_base:.2f}" if (t, method) in cell else "—"
                                         for t in tasks]
                                + [f"{statistics.median(ratios):.2f}" if ratios else "—",
-                                  f"{sum(times) / len(times):.2f}" if times else "—"]))
+                                  f"{statistics.median(times):.2f}" if times else "—"]))
     rule = "|---" * (len(tasks) + 1) + "|"
     blind = input_blind_baselines(args.glue_dir, tasks)
     if blind:
@@ -377,7 +374,8 @@ def summarize(rows: list[dict], args: ReproductionArguments) -> pd.DataFrame:
         header + " | average |", rule + "---|", *diff_lines, "",
         f"## Cost: median optimizer-step time / {baseline}'s, per task", "",
         f"Each cell: the median over seeds of the ratio to {baseline}'s run of the same seed (a run slowed by",
-        "other work on the machine moves one ratio, not the cell). Training time: mean runtimes' ratio.", "",
+        "other work on the machine moves one ratio, not the cell). Training time: `train_runtime`'s ratio,",
+        "paired the same way, median over tasks.", "",
         header + f" | median over tasks | training time / {baseline} |", rule + "---|---|", *cost_lines, "",
     ]
     (results_dir / "results.md").write_text("\n".join(text))
