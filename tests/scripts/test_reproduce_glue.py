@@ -179,8 +179,8 @@ def rte_run(eval_loss=lambda method, seed: 0.5, step_time=lambda method, seed: 0
     def run(task, method, seed, settings, args):
         return {"task": task, "method": method, "seed": seed, "key": rg.run_key(settings), "metric": "accuracy",
                 "score": 0.5, "settings": settings,
-                "results": {"eval_accuracy": 0.5, "eval_loss": eval_loss(method, seed), "train_runtime": runtime(method, seed),
-                            "train_median_step_time": step_time(method, seed)}}
+                "results": {"eval_accuracy": 0.5, "eval_loss": eval_loss(method, seed),
+                            "train_runtime": runtime(method, seed), "train_median_step_time": step_time(method, seed)}}
     return run
 
 
