@@ -197,10 +197,13 @@ def test_runs_at_the_uniform_predictors_loss_are_counted_in_the_score_cell(tmp_p
 def test_the_time_ratios_are_medians_of_same_seed_ratios(tmp_path, monkeypatch):
     """AdamW's seed-3 run was slowed (2.0 s a step against 1.0): the same-seed ratios of a method at
     1.5 s are 1.5, 1.5, 0.75, median 1.5; the ratio of the means would say 1.5 / 1.333 = 1.125. The
-    runtimes (x 100 s) are paired the same way."""
+    runtimes, paired the same way from their own values: SAM's seed-3 run was slowed (300 s against
+    120): ratios 1.2, 1.2, 3.0, median 1.2 (the ratio of the means: 1.8)."""
     steps = {("adamw", 1): 1.0, ("adamw", 2): 1.0, ("adamw", 3): 2.0, ("sam", 1): 1.5, ("sam", 2): 1.5, ("sam", 3): 1.5}
+    runtimes = {("adamw", 1): 100, ("adamw", 2): 100, ("adamw", 3): 100, ("sam", 1): 120, ("sam", 2): 120,
+                ("sam", 3): 300}
     monkeypatch.setattr(rg, "run_one", rte_run(step_time=lambda method, seed: steps[method, seed],
-                                               runtime=lambda method, seed: 100 * steps[method, seed]))
+                                               runtime=lambda method, seed: runtimes[method, seed]))
     rg.main(["--model_name_or_path", "m", "--tasks", "rte", "--methods", "adamw", "sam", "--seeds", "1", "2", "3",
              "--results_dir", str(tmp_path), "--runs_dir", str(tmp_path / "runs")])
-    assert "| sam | 1.50 | 1.50 | 1.50 |" in (tmp_path / "results.md").read_text()
+    assert "| sam | 1.50 | 1.50 | 1.20 |" in (tmp_path / "results.md").read_text()
