@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Writes docs/machine.txt: the machine the figures of README.md and docs/ were measured on.
-# Usage (repository root, its virtual environment active): bash docs/machine.sh
+# Writes the machine the figures of README.md and docs/ were measured on (docs/machine.txt by default).
+# Usage (repository root, its virtual environment active): bash docs/machine.sh [OUTPUT]
+# (default docs/machine.txt; a session on another machine writes its own file, e.g. docs/machine-DATE.txt)
 set -e
+out=${1:-docs/machine.txt}
 cd "$(dirname "$0")/.."
 {
   echo "# Written by bash docs/machine.sh on $(date -u +%F)"
@@ -12,5 +14,5 @@ cd "$(dirname "$0")/.."
   python -c "import platform, torch, transformers, accelerate; print('Python', platform.python_version(), '| torch', \
 torch.__version__, '| torch threads', torch.get_num_threads(), '| CUDA available', torch.cuda.is_available(), \
 '| transformers', transformers.__version__, '| accelerate', accelerate.__version__)"
-} > docs/machine.txt
-cat docs/machine.txt
+} > "$out"
+cat "$out"

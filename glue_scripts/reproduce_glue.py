@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Optional
 
 import pandas as pd
+import torch
 from scipy import stats
 from transformers import HfArgumentParser
 
@@ -201,6 +203,18 @@ def run_dir(task: str, method: str, seed: int, args: ReproductionArguments) -> P
     return Path(args.runs_dir) / task / name / f"seed{seed}-{run_key(run_settings(task, method, seed, args))}"
 
 
+def machine_description() -> str:
+    """The CPU model, its logical CPU count and the GPU, recorded in every row: the step-time ratios
+    pair runs of one machine only, and a grid that spans sessions can span machines."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} CPUs, {gpu}"
+
+
 def run_one(task: str, method: str, seed: int, settings: dict[str, str], args: ReproductionArguments) -> dict:
     output_dir = run_dir(task, method, seed, args)
     # A folder left by a crashed attempt at this very run (same settings, same key) is started afresh.
@@ -219,7 +233,8 @@ def run_one(task: str, method: str, seed: int, settings: dict[str, str], args: R
     curve = [log for log in state["log_history"] if "loss" in log]
     return {"curve": curve, "task": task, "method": method, "seed": seed, "key": run_key(settings),
             "metric": MAIN_METRIC[task], "score": results[f"eval_{MAIN_METRIC[task]}"],
-            "wall_seconds": round(time.time() - started, 1), "settings": settings, "results": results}
+            "wall_seconds": round(time.time() - started, 1), "machine": machine_description(),
+            "settings": settings, "results": results}
 
 
 def current_rows(rows: list[dict], args: ReproductionArguments) -> list[dict]:
@@ -228,6 +243,9 @@ def current_rows(rows: list[dict], args: ReproductionArguments) -> list[dict]:
     return [r for r in rows if r["task"] in MAIN_METRIC
             and r["key"] == run_key(run_settings(r["task"], r["method"], r["seed"], args))]
 
+
+MACHINE_NOT_RECORDED = "not recorded"
+"""The machine of a row written before rows named theirs."""
 
 UNIFORM_LOSS_TOLERANCE = 0.002
 """A classifier's dev loss this close to ln(classes) is the 50/50 (uniform) predictor's."""
@@ -250,6 +268,7 @@ def per_run_table(rows: list[dict]) -> pd.DataFrame:
         "train_runtime": r["results"].get("train_runtime"),
         "median_step_time": r["results"].get("train_median_step_time"),
         "train_steps": r["results"].get("train_steps", r["results"].get("global_step")),
+        "machine": r.get("machine", MACHINE_NOT_RECORDED),
     } for r in rows])
 
 
@@ -279,12 +298,13 @@ def paired_differences(table: pd.DataFrame, method: str, baseline: str, tasks: l
     return out
 
 
-def paired_ratio(values: dict[tuple[str, str, int], float], task: str, method: str, baseline: str) -> float:
+def paired_ratio(values: dict[tuple[str, str, int, str], float], task: str, method: str, baseline: str) -> float:
     """Median over the seeds both have of the method's value (a step time, a runtime) / the baseline's
-    on the same seed (`values`: (task, method, seed) -> value): paired, so that a run slowed by other
-    work on the machine moves one ratio, not the cell."""
-    ratios = [value / values[task, baseline, seed] for (t, m, seed), value in values.items()
-              if (t, m) == (task, method) and (task, baseline, seed) in values]
+    on the same seed and machine (`values`: (task, method, seed, machine) -> value): paired, so that a
+    run slowed by other work on the machine moves one ratio, not the cell, and a seed whose runs were
+    made on two machines gives no ratio."""
+    ratios = [value / values[task, baseline, seed, machine] for (t, m, seed, machine), value in values.items()
+              if (t, m) == (task, method) and (task, baseline, seed, machine) in values]
     return statistics.median(ratios) if ratios else math.nan
 
 
@@ -306,7 +326,7 @@ def summarize(rows: list[dict], args: ReproductionArguments) -> pd.DataFrame:
                               loss=("eval_loss", "mean"), at_uniform=("at_uniform", "sum")).reset_index()
     for column, source in (("step_vs_base", "median_step_time"), ("time_vs_base", "train_runtime")):
         timed = table.dropna(subset=[source])
-        values = dict(zip(zip(timed.task, timed.method, timed.seed), timed[source]))
+        values = dict(zip(zip(timed.task, timed.method, timed.seed, timed.machine), timed[source]))
         stats_table[column] = [paired_ratio(values, r.task, r.method, baseline) for r in stats_table.itertuples()]
     cell = {(r.task, r.method): r for r in stats_table.itertuples()}
     header = "| method | " + " | ".join(f"{t} ({MAIN_METRIC[t]})" for t in tasks)
@@ -357,6 +377,8 @@ def summarize(rows: list[dict], args: ReproductionArguments) -> pd.DataFrame:
     text = [
         "Written by `glue_scripts/reproduce_glue.py` from `results.jsonl` (every run recorded with this",
         "grid's shared hyper-parameters; `reproduction_arguments.json` holds them).", "",
+        "Runs per machine: " + "; ".join(f"{machine}: {count}" for machine, count in table.machine.value_counts(
+            sort=False).items()) + ".", "",
         "## Dev score x 100, mean ± std over seeds (n = seeds)", "",
         "\"k at ln 2\": k of the runs ended at the dev loss of the 50/50 predictor (within "
         f"{UNIFORM_LOSS_TOLERANCE}): their scores are those of a model that learnt nothing it is sure of.", "",
@@ -373,9 +395,10 @@ def summarize(rows: list[dict], args: ReproductionArguments) -> pd.DataFrame:
         "pairs each seed's average over all tasks.", "",
         header + " | average |", rule + "---|", *diff_lines, "",
         f"## Cost: median optimizer-step time / {baseline}'s, per task", "",
-        f"Each cell: the median over seeds of the ratio to {baseline}'s run of the same seed (a run slowed by",
-        "other work on the machine moves one ratio, not the cell). Training time: `train_runtime`'s ratio,",
-        "paired the same way, median over tasks.", "",
+        f"Each cell: the median over seeds of the ratio to {baseline}'s run of the same seed on the same machine",
+        "(a run slowed by other work on the machine moves one ratio, not the cell; a seed whose two runs were",
+        "made on different machines gives none). Training time: `train_runtime`'s ratio, paired the same",
+        "way, median over tasks.", "",
         header + f" | median over tasks | training time / {baseline} |", rule + "---|---|", *cost_lines, "",
     ]
     (results_dir / "results.md").write_text("\n".join(text))

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import subprocess
 
 import pytest
 
@@ -207,3 +210,41 @@ def test_the_time_ratios_are_medians_of_same_seed_ratios(tmp_path, monkeypatch):
     rg.main(["--model_name_or_path", "m", "--tasks", "rte", "--methods", "adamw", "sam", "--seeds", "1", "2", "3",
              "--results_dir", str(tmp_path), "--runs_dir", str(tmp_path / "runs")])
     assert "| sam | 1.50 | 1.50 | 1.20 |" in (tmp_path / "results.md").read_text()
+
+
+def test_a_seed_whose_runs_were_made_on_two_machines_gives_no_time_ratio(tmp_path, monkeypatch):
+    """Seed 1: AdamW and SAM on machine A, 1.0 and 1.5 s a step (ratio 1.5). Seed 2: AdamW on A at
+    1.0 s, SAM on a slower machine B at 3.0 s: not a ratio of methods, so left out; the cell is 1.50
+    (pairing across machines would give the median of 1.5 and 3.0, 2.25). The score difference of
+    seed 2 still counts (both rows are there), and the header counts each machine's runs."""
+    machines = {("adamw", 1): "A", ("adamw", 2): "A", ("sam", 1): "A", ("sam", 2): "B"}
+    steps = {("adamw", 1): 1.0, ("adamw", 2): 1.0, ("sam", 1): 1.5, ("sam", 2): 3.0}
+    run = rte_run(step_time=lambda method, seed: steps[method, seed])
+    monkeypatch.setattr(rg, "run_one", lambda *a: {**run(*a), "machine": machines[a[1], a[2]]})
+    rg.main(["--model_name_or_path", "m", "--tasks", "rte", "--methods", "adamw", "sam", "--seeds", "1", "2",
+             "--results_dir", str(tmp_path), "--runs_dir", str(tmp_path / "runs")])
+    text = (tmp_path / "results.md").read_text()
+    assert "| sam | 1.50 | 1.50 | 1.00 |" in text
+    assert "| sam | +0.0 [+0.0, +0.0] | +0.0 [+0.0, +0.0] |" in text
+    assert "Runs per machine: A: 3; B: 1." in text
+
+
+def test_rows_without_a_machine_pair_with_each_other():
+    """Rows written before rows named their machine (no `machine` field) are one group, paired as before."""
+    rows = [{"task": "rte", "method": m, "seed": 1, "metric": "accuracy", "score": 0.5,
+             "results": {"train_median_step_time": t}} for m, t in (("adamw", 1.0), ("sam", 2.0))]
+    table = rg.per_run_table(rows)
+    values = dict(zip(zip(table.task, table.method, table.seed, table.machine), table.median_step_time))
+    assert set(table.machine) == {rg.MACHINE_NOT_RECORDED}
+    assert rg.paired_ratio(values, "rte", "sam", "adamw") == 2.0
+
+
+def test_the_machine_is_the_cpu_model_lscpu_names():
+    lscpu = shutil.which("lscpu")
+    if lscpu is None:
+        pytest.skip("no lscpu on this machine")
+    model = next(line.split(":", 1)[1].strip() for line in subprocess.run(
+        [lscpu], capture_output=True, text=True, check=True, env={"LC_ALL": "C"}).stdout.splitlines()
+        if line.startswith("Model name:"))
+    description = rg.machine_description()
+    assert description.startswith(f"{model}, {os.cpu_count()} CPUs, ")
