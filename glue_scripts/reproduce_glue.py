@@ -361,9 +361,13 @@ def summarize(rows: list[dict], args: ReproductionArguments) -> pd.DataFrame:
                 values.append(f"{100 * mean:+.1f}" + (f" [{100 * low:+.1f}, {100 * high:+.1f}]" if low is not None
                                                      else " (n=1)"))
             diff_lines.append(line(method, values))
-        ratios = [cell[t, method].step_vs_base for t in tasks if (t, method) in cell]
-        times = [cell[t, method].time_vs_base for t in tasks if (t, method) in cell]
-        cost_lines.append(line(method, [f"{cell[t, method].step_vs_base:.2f}" if (t, method) in cell else "—"
+        # A cell without a same-machine pair is NaN: shown as "—" and left out of the medians.
+        ratios = [cell[t, method].step_vs_base for t in tasks
+                  if (t, method) in cell and not math.isnan(cell[t, method].step_vs_base)]
+        times = [cell[t, method].time_vs_base for t in tasks
+                 if (t, method) in cell and not math.isnan(cell[t, method].time_vs_base)]
+        cost_lines.append(line(method, [f"{cell[t, method].step_vs_base:.2f}" if (t, method) in cell
+                                        and not math.isnan(cell[t, method].step_vs_base) else "—"
                                         for t in tasks]
                                + [f"{statistics.median(ratios):.2f}" if ratios else "—",
                                   f"{statistics.median(times):.2f}" if times else "—"]))

@@ -227,6 +227,11 @@ def test_a_seed_whose_runs_were_made_on_two_machines_gives_no_time_ratio(tmp_pat
     assert "| sam | 1.50 | 1.50 | 1.00 |" in text
     assert "| sam | +0.0 [+0.0, +0.0] | +0.0 [+0.0, +0.0] |" in text
     assert "Runs per machine: A: 3; B: 1." in text
+    # With seed 1 only, SAM's one run on B has no AdamW run to pair with: no ratio, not NaN.
+    machines[("sam", 1)] = "B"
+    rg.main(["--model_name_or_path", "m", "--tasks", "rte", "--methods", "adamw", "sam", "--seeds", "1",
+             "--results_dir", str(tmp_path / "c"), "--runs_dir", str(tmp_path / "c" / "runs")])
+    assert "| sam | — | — | — |" in (tmp_path / "c" / "results.md").read_text()
 
 
 def test_rows_without_a_machine_pair_with_each_other():
