@@ -282,9 +282,11 @@ def interval(differences: list[float]) -> tuple[float, Optional[float], Optional
     return mean, mean - half, mean + half
 
 
-def paired_differences(table: pd.DataFrame, method: str, baseline: str, tasks: list[str]) -> dict[str, list[float]]:
-    """Per task, and for the average over `tasks` (seeds that have every task), score(method) -
-    score(baseline) for each seed both have."""
+def paired_differences(table: pd.DataFrame, method: str, baseline: str, tasks: list[str],
+                       averaged: Optional[list[str]] = None) -> dict[str, list[float]]:
+    """Per task, and for the average over `averaged` (default: `tasks`; seeds that have each of
+    them), score(method) - score(baseline) for each seed both have."""
+    averaged = tasks if averaged is None else averaged
     scores = table.set_index(["task", "method", "seed"])["score"]
     out: dict[str, list[float]] = {}
     by_seed: dict[int, list[float]] = {}
@@ -292,9 +294,10 @@ def paired_differences(table: pd.DataFrame, method: str, baseline: str, tasks: l
         seeds = sorted(set(table[(table.task == task) & (table.method == method)].seed)
                        & set(table[(table.task == task) & (table.method == baseline)].seed))
         out[task] = [scores[task, method, s] - scores[task, baseline, s] for s in seeds]
-        for s, d in zip(seeds, out[task]):
-            by_seed.setdefault(s, []).append(d)
-    out["average"] = [sum(ds) / len(ds) for ds in by_seed.values() if len(ds) == len(tasks)]
+        if task in averaged:
+            for s, d in zip(seeds, out[task]):
+                by_seed.setdefault(s, []).append(d)
+    out["average"] = [sum(ds) / len(ds) for ds in by_seed.values() if len(ds) == len(averaged)]
     return out
 
 
@@ -329,6 +332,12 @@ def summarize(rows: list[dict], args: ReproductionArguments) -> pd.DataFrame:
         values = dict(zip(zip(timed.task, timed.method, timed.seed, timed.machine), timed[source]))
         stats_table[column] = [paired_ratio(values, r.task, r.method, baseline) for r in stats_table.itertuples()]
     cell = {(r.task, r.method): r for r in stats_table.itertuples()}
+    # The average covers the tasks every method has run on every seed run there: a task still under
+    # way would make the average of one method that of other tasks than another's.
+    seeds_run = table.groupby("task").seed.agg(set)
+    averaged = [t for t in tasks if all(set(table[(table.task == t) & (table.method == m)].seed) == seeds_run[t]
+                                        for m in methods)]
+    average_name = "average" if averaged == tasks or not averaged else "average of " + ", ".join(averaged)
     header = "| method | " + " | ".join(f"{t} ({MAIN_METRIC[t]})" for t in tasks)
 
     def line(method: str, values: list[str]) -> str:
@@ -345,13 +354,14 @@ def summarize(rows: list[dict], args: ReproductionArguments) -> pd.DataFrame:
             spread = "" if pd.isna(r.std) else f" ± {100 * r.std:.1f}"
             collapsed = f"; {r.at_uniform} at ln {glue_task(task).num_labels}" if r.at_uniform else ""
             cells.append(f"{100 * r.mean:.1f}{spread} (n={r.n}{collapsed})")
-            means.append(r.mean)
-        average = f"{100 * sum(means) / len(means):.1f}" if len(means) == len(tasks) else "—"
+            if task in averaged:
+                means.append(r.mean)
+        average = f"{100 * sum(means) / len(means):.1f}" if averaged and len(means) == len(averaged) else "—"
         score_lines.append(line(method, cells + [average]))
         loss_lines.append(line(method, ["—" if (t, method) not in cell else f"{cell[t, method].loss:.3f}"
                                         for t in tasks]))
         if method != baseline:
-            diffs = paired_differences(table, method, baseline, tasks)
+            diffs = paired_differences(table, method, baseline, tasks, averaged)
             values = []
             for key in tasks + ["average"]:
                 if not diffs[key]:
@@ -386,7 +396,7 @@ def summarize(rows: list[dict], args: ReproductionArguments) -> pd.DataFrame:
         "## Dev score x 100, mean ± std over seeds (n = seeds)", "",
         "\"k at ln 2\": k of the runs ended at the dev loss of the 50/50 predictor (within "
         f"{UNIFORM_LOSS_TOLERANCE}): their scores are those of a model that learnt nothing it is sure of.", "",
-        header + " | average |", rule + "---|", *score_lines, "",
+        header + f" | {average_name} |", rule + "---|", *score_lines, "",
         "## Dev loss (`eval_loss`), mean over seeds", "",
         "The input-blind optimum is the lowest dev loss of a model that ignores its input (the entropy of",
         "the dev labels; STS-B: their variance): ln 2 = 0.693 on a balanced binary task, less on an",
@@ -396,8 +406,9 @@ def summarize(rows: list[dict], args: ReproductionArguments) -> pd.DataFrame:
         header + " |", rule, *loss_lines, "",
         f"## Paired difference to {baseline} (same seed), x 100: mean [95 % t-interval]", "",
         "A method is worse than the baseline where the whole interval is below 0. The average column",
-        "pairs each seed's average over all tasks.", "",
-        header + " | average |", rule + "---|", *diff_lines, "",
+        "pairs each seed's average over the tasks every method has run on every seed (all, once a grid is",
+        "complete).", "",
+        header + f" | {average_name} |", rule + "---|", *diff_lines, "",
         f"## Cost: median optimizer-step time / {baseline}'s, per task", "",
         f"Each cell: the median over seeds of the ratio to {baseline}'s run of the same seed on the same machine",
         "(a run slowed by other work on the machine moves one ratio, not the cell; a seed whose two runs were",

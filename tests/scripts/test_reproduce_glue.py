@@ -253,3 +253,22 @@ def test_the_machine_is_the_cpu_model_lscpu_names():
         if line.startswith("Model name:"))
     description = rg.machine_description()
     assert description.startswith(f"{model}, {os.cpu_count()} CPUs, ")
+
+
+def test_the_average_leaves_out_a_task_still_under_way(tmp_path, monkeypatch):
+    """RTE is complete (AdamW 0.50 and 0.60, SAM 0.55 and 0.70 on seeds 1 and 2: differences +5 and
+    +10, mean +7.5); CoLA has AdamW's seed 1 only (0.20). The average is RTE's alone, and says so:
+    with CoLA, SAM would have no average and AdamW's would be (55 + 20) / 2."""
+    scores = {("rte", "adamw", 1): 0.50, ("rte", "adamw", 2): 0.60, ("rte", "sam", 1): 0.55, ("rte", "sam", 2): 0.70,
+              ("cola", "adamw", 1): 0.20}
+    run = rte_run()
+    monkeypatch.setattr(rg, "run_one", lambda task, method, seed, *a: {
+        **run(task, method, seed, *a), "score": scores[task, method, seed]})
+    common = ["--model_name_or_path", "m", "--results_dir", str(tmp_path), "--runs_dir", str(tmp_path / "runs")]
+    rg.main(common + ["--tasks", "rte", "--methods", "adamw", "sam", "--seeds", "1", "2"])
+    rg.main(common + ["--tasks", "cola", "--methods", "adamw", "--seeds", "1"])
+    rg.main(common + ["--tasks", "rte", "cola", "--methods", "adamw", "sam", "--summarize_only"])
+    text = (tmp_path / "results.md").read_text()
+    assert "| method | rte (accuracy) | cola (matthews_correlation) | average of rte |" in text
+    assert "| adamw | 55.0 ± 7.1 (n=2) | 20.0 (n=1) | 55.0 |" in text
+    assert "| sam | +7.5 [-24.3, +39.3] | — | +7.5 [-24.3, +39.3] |" in text
