@@ -134,12 +134,13 @@ def method_settings(method: str, args: ReproductionArguments) -> dict[str, str]:
     return {key: value for key, value in settings.items() if value != "None"}
 
 
-def task_caps(args: ReproductionArguments) -> dict[str, int]:
+def task_caps(max_train_samples: list[str]) -> dict[str, int]:
+    """`["sst2=20000"]` -> `{"sst2": 20000}`: the first N training examples of a task."""
     caps = {}
-    for item in args.max_train_samples:
+    for item in max_train_samples:
         task, _, count = item.partition("=")
         if not count.isdigit():
-            raise ValueError(f"--max_train_samples: {item!r} is not task=N (e.g. sst2=8000).")
+            raise ValueError(f"--max_train_samples: {item!r} is not TASK=N (e.g. sst2=20000).")
         caps[task] = int(count)
     return caps
 
@@ -160,7 +161,7 @@ def run_settings(task: str, method: str, seed: int, args: ReproductionArguments)
         settings["train_sampling_strategy"] = "group_by_length"
     if args.glue_dir:
         settings["glue_dir"] = args.glue_dir
-    cap = task_caps(args).get(task)
+    cap = task_caps(args.max_train_samples).get(task)
     if cap:
         settings["max_train_samples"] = str(cap)
     return settings

@@ -16,6 +16,7 @@ from datasets import Dataset
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from glue_scripts.glue_data import glue_task, load_glue_tsv
+from glue_scripts.reproduce_glue import task_caps
 
 
 def token_lengths(tokenizer: PreTrainedTokenizerBase, dataset: Dataset, columns: tuple[str, ...],
@@ -34,12 +35,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="the first N training examples of TASK, as the grid caps them")
     parser.add_argument("--max_seq_length", type=int, default=128)
     args = parser.parse_args(argv)
-    caps = {}
-    for item in args.max_train_samples:
-        task, _, count = item.partition("=")
-        if not count.isdigit():
-            parser.error(f"--max_train_samples: {item!r} is not TASK=N (e.g. sst2=20000)")
-        caps[task] = int(count)
+    try:
+        caps = task_caps(args.max_train_samples)
+    except ValueError as error:
+        parser.error(str(error))
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     print("| task | training examples | mean tokens | median tokens |\n|---|---|---|---|")
     for task in args.tasks:
