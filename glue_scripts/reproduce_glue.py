@@ -283,6 +283,14 @@ def interval(differences: list[float]) -> tuple[float, Optional[float], Optional
     return mean, mean - half, mean + half
 
 
+def difference_cell(differences: list[float]) -> str:
+    """A paired-difference cell, x 100: mean [95 % t-interval], "(n=1)" for one seed, "—" for none."""
+    if not differences:
+        return "—"
+    mean, low, high = interval(differences)
+    return f"{100 * mean:+.1f}" + (f" [{100 * low:+.1f}, {100 * high:+.1f}]" if low is not None else " (n=1)")
+
+
 def paired_differences(table: pd.DataFrame, method: str, baseline: str, tasks: list[str],
                        averaged: Optional[list[str]] = None) -> dict[str, list[float]]:
     """Per task, and for the average over `averaged` (default: `tasks`; seeds that have each of
@@ -336,9 +344,18 @@ def summarize(rows: list[dict], args: ReproductionArguments) -> pd.DataFrame:
     # The average covers the tasks every method has run on every seed run there: a task still under
     # way would make the average of one method that of other tasks than another's.
     seeds_run = table.groupby("task").seed.agg(set)
-    averaged = [t for t in tasks if all(set(table[(table.task == t) & (table.method == m)].seed) == seeds_run[t]
-                                        for m in methods)]
+
+    def has_every_seed(task: str, method: str) -> bool:
+        return set(table[(table.task == task) & (table.method == method)].seed) == seeds_run[task]
+
+    averaged = [t for t in tasks if all(has_every_seed(t, m) for m in methods)]
     average_name = "average" if averaged == tasks or not averaged else "average of " + ", ".join(averaged)
+    # While a task is under way, the methods that have run every task on every seed also get the
+    # average over all of them: comparable with one another, and the first figure a grid reports.
+    complete = [m for m in methods if all(has_every_seed(t, m) for t in tasks)]
+    full_name = f"average of all {len(tasks)} (methods that have them)" \
+        if averaged != tasks and baseline in complete and len(complete) > 1 else None
+    extra_header = f" | {full_name}" if full_name else ""
     header = "| method | " + " | ".join(f"{t} ({MAIN_METRIC[t]})" for t in tasks)
 
     def line(method: str, values: list[str]) -> str:
@@ -358,20 +375,18 @@ def summarize(rows: list[dict], args: ReproductionArguments) -> pd.DataFrame:
             if task in averaged:
                 means.append(r.mean)
         average = f"{100 * sum(means) / len(means):.1f}" if averaged and len(means) == len(averaged) else "—"
-        score_lines.append(line(method, cells + [average]))
+        full = [] if not full_name else [
+            f"{100 * sum(cell[t, method].mean for t in tasks) / len(tasks):.1f}" if method in complete else "—"]
+        score_lines.append(line(method, cells + [average] + full))
         loss_lines.append(line(method, ["—" if (t, method) not in cell else f"{cell[t, method].loss:.3f}"
                                         for t in tasks]))
         if method != baseline:
             diffs = paired_differences(table, method, baseline, tasks, averaged)
-            values = []
-            for key in tasks + ["average"]:
-                if not diffs[key]:
-                    values.append("—")
-                    continue
-                mean, low, high = interval(diffs[key])
-                values.append(f"{100 * mean:+.1f}" + (f" [{100 * low:+.1f}, {100 * high:+.1f}]" if low is not None
-                                                     else " (n=1)"))
-            diff_lines.append(line(method, values))
+            columns = [diffs[key] for key in tasks + ["average"]]
+            if full_name:
+                columns.append(paired_differences(table, method, baseline, tasks)["average"]
+                               if method in complete else [])
+            diff_lines.append(line(method, [difference_cell(values) for values in columns]))
         # A cell without a same-machine pair is NaN: shown as "—" and left out of the medians.
         ratios = [cell[t, method].step_vs_base for t in tasks
                   if (t, method) in cell and not math.isnan(cell[t, method].step_vs_base)]
@@ -386,7 +401,8 @@ def summarize(rows: list[dict], args: ReproductionArguments) -> pd.DataFrame:
     blind = input_blind_baselines(args.glue_dir, tasks)
     if blind:
         score_lines.append(line("*input-blind: the majority class*", [
-            "—" if blind.get(t, (None, None))[1] is None else f"{100 * blind[t][1]:.1f}" for t in tasks] + [""]))
+            "—" if blind.get(t, (None, None))[1] is None else f"{100 * blind[t][1]:.1f}" for t in tasks]
+            + [""] * (2 if full_name else 1)))
         loss_lines.append(line("*input-blind optimum*", [
             f"{blind[t][0]:.3f}" if t in blind else "—" for t in tasks]))
     text = [
@@ -397,7 +413,7 @@ def summarize(rows: list[dict], args: ReproductionArguments) -> pd.DataFrame:
         "## Dev score x 100, mean ± std over seeds (n = seeds)", "",
         "\"k at ln 2\": k of the runs ended at the dev loss of the 50/50 predictor (within "
         f"{UNIFORM_LOSS_TOLERANCE}): their scores are those of a model that learnt nothing it is sure of.", "",
-        header + f" | {average_name} |", rule + "---|", *score_lines, "",
+        header + f" | {average_name}{extra_header} |", rule + "---|" * (2 if full_name else 1), *score_lines, "",
         "## Dev loss (`eval_loss`), mean over seeds", "",
         "The input-blind optimum is the lowest dev loss of a model that ignores its input (the entropy of",
         "the dev labels; STS-B: their variance): ln 2 = 0.693 on a balanced binary task, less on an",
@@ -408,8 +424,9 @@ def summarize(rows: list[dict], args: ReproductionArguments) -> pd.DataFrame:
         f"## Paired difference to {baseline} (same seed), x 100: mean [95 % t-interval]", "",
         "A method is worse than the baseline where the whole interval is below 0. The average column",
         "pairs each seed's average over the tasks every method has run on every seed (all, once a grid is",
-        "complete).", "",
-        header + f" | {average_name} |", rule + "---|", *diff_lines, "",
+        "complete); while a task is under way, the next column averages all the tasks for the methods that",
+        "have run them all.", "",
+        header + f" | {average_name}{extra_header} |", rule + "---|" * (2 if full_name else 1), *diff_lines, "",
         f"## Cost: median optimizer-step time / {baseline}'s, per task", "",
         f"Each cell: the median over seeds of the ratio to {baseline}'s run of the same seed on the same machine",
         "(a run slowed by other work on the machine moves one ratio, not the cell; a seed whose two runs were",

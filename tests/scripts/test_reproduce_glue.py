@@ -269,6 +269,31 @@ def test_the_average_leaves_out_a_task_still_under_way(tmp_path, monkeypatch):
     rg.main(common + ["--tasks", "cola", "--methods", "adamw", "--seeds", "1"])
     rg.main(common + ["--tasks", "rte", "cola", "--methods", "adamw", "sam", "--summarize_only"])
     text = (tmp_path / "results.md").read_text()
-    assert "| method | rte (accuracy) | cola (matthews_correlation) | average of rte |" in text
+    assert "| method | rte (accuracy) | cola (matthews_correlation) | average of rte |\n" in text
     assert "| adamw | 55.0 ± 7.1 (n=2) | 20.0 (n=1) | 55.0 |" in text
     assert "| sam | +7.5 [-24.3, +39.3] | — | +7.5 [-24.3, +39.3] |" in text
+
+
+def test_methods_with_every_task_get_the_average_of_all_while_one_is_under_way(tmp_path, monkeypatch):
+    """RTE and CoLA complete for AdamW and SAM (seeds 1, 2), top-k only on RTE. SAM - AdamW: RTE +5
+    and +10, CoLA -1 and +4, so per seed (5 - 1) / 2 = +2 and (10 + 4) / 2 = +7: mean +4.5,
+    half-width t(0.975, 1) * stdev(2, 7) / sqrt(2) = 12.706 * 3.536 / 1.414 = 31.77. The common
+    average stays RTE's; top-k has no average of all."""
+    top = "ksam@ksam_selection=top_k"
+    scores = {("rte", "adamw", 1): 0.50, ("rte", "adamw", 2): 0.60, ("rte", "sam", 1): 0.55, ("rte", "sam", 2): 0.70,
+              ("cola", "adamw", 1): 0.20, ("cola", "adamw", 2): 0.30, ("cola", "sam", 1): 0.19,
+              ("cola", "sam", 2): 0.34, ("rte", top, 1): 0.40, ("rte", top, 2): 0.40}
+    run = rte_run()
+    monkeypatch.setattr(rg, "run_one", lambda task, method, seed, *a: {
+        **run(task, method, seed, *a), "score": scores[task, method, seed]})
+    common = ["--model_name_or_path", "m", "--results_dir", str(tmp_path), "--runs_dir", str(tmp_path / "runs")]
+    rg.main(common + ["--tasks", "rte", "cola", "--methods", "adamw", "sam", "--seeds", "1", "2"])
+    rg.main(common + ["--tasks", "rte", "--methods", top, "--seeds", "1", "2"])
+    rg.main(common + ["--tasks", "rte", "cola", "--methods", "adamw", "sam", top, "--summarize_only"])
+    text = (tmp_path / "results.md").read_text()
+    header = ("| method | rte (accuracy) | cola (matthews_correlation) | average of rte "
+              "| average of all 2 (methods that have them) |")
+    assert text.count(header) == 2  # scores, paired differences
+    assert "| adamw | 55.0 ± 7.1 (n=2) | 25.0 ± 7.1 (n=2) | 55.0 | 40.0 |" in text
+    assert "| sam | +7.5 [-24.3, +39.3] | +1.5 [-30.3, +33.3] | +7.5 [-24.3, +39.3] | +4.5 [-27.3, +36.3] |" in text
+    assert f"| {top} | -15.0 [-78.5, +48.5] | — | -15.0 [-78.5, +48.5] | — |" in text
