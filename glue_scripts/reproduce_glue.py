@@ -356,6 +356,7 @@ def summarize(rows: list[dict], args: ReproductionArguments) -> pd.DataFrame:
     full_name = f"average of all {len(tasks)} (methods that have them)" \
         if averaged != tasks and baseline in complete and len(complete) > 1 else None
     extra_header = f" | {full_name}" if full_name else ""
+    average_columns = 2 if full_name else 1
     header = "| method | " + " | ".join(f"{t} ({MAIN_METRIC[t]})" for t in tasks)
 
     def line(method: str, values: list[str]) -> str:
@@ -402,7 +403,7 @@ def summarize(rows: list[dict], args: ReproductionArguments) -> pd.DataFrame:
     if blind:
         score_lines.append(line("*input-blind: the majority class*", [
             "—" if blind.get(t, (None, None))[1] is None else f"{100 * blind[t][1]:.1f}" for t in tasks]
-            + [""] * (2 if full_name else 1)))
+            + [""] * average_columns))
         loss_lines.append(line("*input-blind optimum*", [
             f"{blind[t][0]:.3f}" if t in blind else "—" for t in tasks]))
     text = [
@@ -413,7 +414,7 @@ def summarize(rows: list[dict], args: ReproductionArguments) -> pd.DataFrame:
         "## Dev score x 100, mean ± std over seeds (n = seeds)", "",
         "\"k at ln 2\": k of the runs ended at the dev loss of the 50/50 predictor (within "
         f"{UNIFORM_LOSS_TOLERANCE}): their scores are those of a model that learnt nothing it is sure of.", "",
-        header + f" | {average_name}{extra_header} |", rule + "---|" * (2 if full_name else 1), *score_lines, "",
+        header + f" | {average_name}{extra_header} |", rule + "---|" * average_columns, *score_lines, "",
         "## Dev loss (`eval_loss`), mean over seeds", "",
         "The input-blind optimum is the lowest dev loss of a model that ignores its input (the entropy of",
         "the dev labels; STS-B: their variance): ln 2 = 0.693 on a balanced binary task, less on an",
@@ -426,7 +427,7 @@ def summarize(rows: list[dict], args: ReproductionArguments) -> pd.DataFrame:
         "pairs each seed's average over the tasks every method has run on every seed (all, once a grid is",
         "complete); while a task is under way, the next column averages all the tasks for the methods that",
         "have run them all.", "",
-        header + f" | {average_name}{extra_header} |", rule + "---|" * (2 if full_name else 1), *diff_lines, "",
+        header + f" | {average_name}{extra_header} |", rule + "---|" * average_columns, *diff_lines, "",
         f"## Cost: median optimizer-step time / {baseline}'s, per task", "",
         f"Each cell: the median over seeds of the ratio to {baseline}'s run of the same seed on the same machine",
         "(a run slowed by other work on the machine moves one ratio, not the cell; a seed whose two runs were",
