@@ -297,3 +297,16 @@ def test_methods_with_every_task_get_the_average_of_all_while_one_is_under_way(t
     assert "| adamw | 55.0 ± 7.1 (n=2) | 25.0 ± 7.1 (n=2) | 55.0 | 40.0 |" in text
     assert "| sam | +7.5 [-24.3, +39.3] | +1.5 [-30.3, +33.3] | +7.5 [-24.3, +39.3] | +4.5 [-27.3, +36.3] |" in text
     assert f"| {top} | -15.0 [-78.5, +48.5] | — | -15.0 [-78.5, +48.5] | — |" in text
+
+
+def test_warm_starts_from_each_tasks_own_run_share_one_colour_and_labels_stay_distinct():
+    """A warm start names its task's run dir, so MRPC's and SST-2's are two methods with one plot
+    label (the run's parent folder): one colour, one legend entry. Twelve labels are more than the
+    ten default colours: each still gets its own."""
+    warm = "ksam@ksam_selection=top_k@model_name_or_path=runs/c/{}/adamw_num_train_epochs-1/seed1-ab@num_train_epochs=2"
+    methods = [warm.format("mrpc"), warm.format("sst2"), "adamw"]
+    assert rg.short_name(methods[0]) == "ksam top_k from=adamw_num_train_epochs-1 epochs=2"
+    colors = rg.label_colors(methods)
+    assert list(colors) == [rg.short_name(methods[0]), "adamw"] and colors["adamw"] != colors[rg.short_name(methods[0])]
+    many = rg.label_colors([f"ksam@sam_rho={i}" for i in range(12)])
+    assert len(many) == 12 and len({tuple(c) for c in many.values()}) == 12
