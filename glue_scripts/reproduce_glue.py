@@ -487,13 +487,17 @@ def label_colors(methods: list[str]) -> dict[str, object]:
     return {label: palette[i % len(palette)] for i, label in enumerate(labels)}
 
 
-def add_legend(fig, colors: dict[str, str], handles: list) -> None:
-    """The labels' legend under the panels, two columns, the figure grown to hold it (saved with
-    bbox_inches="tight", so that long labels are not cut at the edges)."""
+def save_with_legend(fig, colors: dict[str, object], handles: list, path: Path) -> None:
+    """The labels' legend under the panels, two columns, the figure grown to hold it; saved with
+    bbox_inches="tight", so that long labels are not cut at the edges, then closed."""
+    import matplotlib.pyplot as plt
+
     rows = (len(colors) + 1) // 2
     fig.set_figheight(fig.get_figheight() + 0.22 * rows)
     fig.legend(handles, list(colors), loc="lower center", ncol=2, fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.22 * rows / fig.get_figheight() + 0.02, 1, 1))
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
 
 
 def plot_score_vs_time(stats_table: pd.DataFrame, tasks: list[str], path: Path, baseline: str) -> None:
@@ -512,9 +516,7 @@ def plot_score_vs_time(stats_table: pd.DataFrame, tasks: list[str], path: Path, 
         ax.set_xlabel(f"median step time / {baseline}")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("dev score x 100")
-    add_legend(fig, colors, [plt.Line2D([], [], marker="o", linestyle="", color=c) for c in colors.values()])
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    save_with_legend(fig, colors, [plt.Line2D([], [], marker="o", linestyle="", color=c) for c in colors.values()], path)
 
 
 def plot_curves(rows: list[dict], tasks: list[str], methods: list[str], path: Path,
@@ -549,9 +551,7 @@ def plot_curves(rows: list[dict], tasks: list[str], methods: list[str], path: Pa
             ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("training loss")
     axes[1][0].set_ylabel("mean top-class prob. (SAM / K-SAM)")
-    add_legend(fig, colors, [plt.Line2D([], [], color=c) for c in colors.values()])
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    save_with_legend(fig, colors, [plt.Line2D([], [], color=c) for c in colors.values()], path)
 
 
 def reusable_rows(source: Path, raw: Path, args: ReproductionArguments) -> list[dict]:
