@@ -9,6 +9,17 @@ import pytest
 
 from tests.testing_utils import SHARED, cpu_config
 
+SLOW_TEST_TIMEOUT = 900
+"""Seconds a `slow` test (a real training run, a group of processes) may take before pytest-timeout
+fails it; every other test has pyproject's `timeout` (300 s)."""
+
+
+def pytest_collection_modifyitems(config, items):
+    """Give `slow` tests the larger limit, unless a test sets its own `@pytest.mark.timeout`."""
+    for item in items:
+        if item.get_closest_marker("slow") is not None and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(SLOW_TEST_TIMEOUT))
+
 
 @pytest.fixture(scope="session")
 def glue_dir() -> Path:
