@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 out=docs/results/collapse
 common=(--model_name_or_path ../shared/models/all-MiniLM-L6-v2 --glue_dir ../shared/glue --tasks mrpc sst2
         --max_train_samples sst2=4000 --seeds 1 --learning_rate 1e-4 --num_train_epochs 3
-        --results_dir $out --runs_dir runs/collapse --reuse_runs_from docs/results/glue-full/results.jsonl)
+        --results_dir $out --runs_dir runs/collapse --reuse_runs_from docs/results/glue-full/results.jsonl
+        --keep_weights True)  # the warm starts load the 1-epoch AdamW model
 python glue_scripts/reproduce_glue.py "${common[@]}" --methods adamw adamw@num_train_epochs=1 \
   ksam@ksam_selection=top_k@sam_rho=0 ksam@ksam_selection=loss_sampled@ksam_uniform_mix=0.5@sam_rho=0 \
   ksam@ksam_selection=top_k@sam_rho=0.01 ksam@ksam_selection=loss_sampled@ksam_uniform_mix=0.5@sam_rho=0.01

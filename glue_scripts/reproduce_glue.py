@@ -13,6 +13,9 @@ A method is `adamw`, `sgd`, `sam` or `ksam`, optionally with overrides after `@`
 `ksam@k=0.1@rho=0.1@selection=previous_loss` (k = `ksam_k`, rho = `sam_rho`, selection =
 `ksam_selection`, adaptive = `sam_adaptive`, rank_without_dropout = `ksam_rank_without_dropout`).
 Used for the sweep of k and rho, too.
+
+A grid of several settings (data size, label noise, epochs) is a spec file run cell by cell,
+`--spec glue_scripts/grids/sam_wins_pilot.json` (see `run_spec`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -77,6 +81,23 @@ class ReproductionArguments:
     max_train_samples: list[str] = field(
         default_factory=list,
         metadata={"help": "Per-task caps on the training set, as task=N (e.g. sst2=8000); default: full."})
+    train_sample: Optional[int] = field(
+        default=None, metadata={"help": "Train on N examples drawn at random (seeded by the run's seed: the same "
+                                        "N for every method of a seed)."})
+    label_noise: float = field(
+        default=0.0, metadata={"help": "Flip this share of the training labels (seeded by the run's seed)."})
+    test_split_rows: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Per-task held-out blocks of the training file, as task=A:B (e.g. sst2=62349:67349): "
+                          "never trained on, scored after training (`heldout_score` in the row)."})
+    eval_every_epoch: bool = field(
+        default=False, metadata={"help": "Score the dev set after every epoch (`epochs` in the row); the row's "
+                                         "score stays the final model's."})
+    keep_weights: bool = field(
+        default=False, metadata={"help": "Keep each run's model in its run folder (by default a run keeps its "
+                                         "logs, metrics and trainer state only: ~90 MB a MiniLM run)."})
+    min_free_gb: float = field(
+        default=5.0, metadata={"help": "Refuse to start a run with less free disk than this (GB) under --runs_dir."})
     baseline: str = field(default="adamw", metadata={"help": "Method that times are relative to."})
     reuse_runs_from: Optional[str] = field(
         default=None,
@@ -136,13 +157,19 @@ def method_settings(method: str, args: ReproductionArguments) -> dict[str, str]:
 
 def task_caps(max_train_samples: list[str]) -> dict[str, int]:
     """`["sst2=20000"]` -> `{"sst2": 20000}`: the first N training examples of a task."""
-    caps = {}
-    for item in max_train_samples:
-        task, _, count = item.partition("=")
-        if not count.isdigit():
-            raise ValueError(f"--max_train_samples: {item!r} is not TASK=N (e.g. sst2=20000).")
-        caps[task] = int(count)
-    return caps
+    return {task: int(count) for task, count in per_task(max_train_samples, "--max_train_samples", "TASK=N",
+                                                          "sst2=20000", str.isdigit).items()}
+
+
+def per_task(items: list[str], option: str, form: str, example: str, valid=bool) -> dict[str, str]:
+    """`["sst2=62349:67349"]` -> `{"sst2": "62349:67349"}`; a one-line error for an item not `form`."""
+    values = {}
+    for item in items:
+        task, _, value = item.partition("=")
+        if not valid(value):
+            raise ValueError(f"{option}: {item!r} is not {form} (e.g. {example}).")
+        values[task] = value
+    return values
 
 
 def run_settings(task: str, method: str, seed: int, args: ReproductionArguments) -> dict[str, str]:
@@ -164,6 +191,16 @@ def run_settings(task: str, method: str, seed: int, args: ReproductionArguments)
     cap = task_caps(args.max_train_samples).get(task)
     if cap:
         settings["max_train_samples"] = str(cap)
+    # The SAM-wins protocol's options, written only when used: the keys of earlier grids' runs stay.
+    if args.train_sample is not None:
+        settings["train_sample"] = str(args.train_sample)
+    if args.label_noise:
+        settings["label_noise"] = normalized(str(args.label_noise))
+    block = per_task(args.test_split_rows, "--test_split_rows", "TASK=A:B", "sst2=62349:67349").get(task)
+    if block:
+        settings["test_split_rows"] = block
+    if args.eval_every_epoch:
+        settings["eval_strategy"] = "epoch"
     return settings
 
 
@@ -220,7 +257,7 @@ def run_one(task: str, method: str, seed: int, settings: dict[str, str], args: R
     output_dir = run_dir(task, method, seed, args)
     # A folder left by a crashed attempt at this very run (same settings, same key) is started afresh.
     command = [sys.executable, str(RUN_GLUE), "--do_train", "--do_eval", "--output_dir", str(output_dir),
-               "--overwrite_output_dir"]
+               "--overwrite_output_dir", "--save_weights", str(args.keep_weights)]
     for key, value in settings.items():
         command += [f"--{key}", value]
     print(f"[reproduce_glue] {task} {method} seed {seed}: {' '.join(command)}", flush=True)
@@ -232,8 +269,11 @@ def run_one(task: str, method: str, seed: int, settings: dict[str, str], args: R
     results = json.loads((output_dir / "all_results.json").read_text())
     state = json.loads((output_dir / "trainer_state.json").read_text())
     curve = [log for log in state["log_history"] if "loss" in log]
-    return {"curve": curve, "task": task, "method": method, "seed": seed, "key": run_key(settings),
-            "metric": MAIN_METRIC[task], "score": results[f"eval_{MAIN_METRIC[task]}"],
+    metric = MAIN_METRIC[task]
+    epochs = [{"epoch": log["epoch"], "score": log[f"eval_{metric}"], "eval_loss": log.get("eval_loss")}
+              for log in state["log_history"] if f"eval_{metric}" in log]
+    return {"curve": curve, "epochs": epochs, "task": task, "method": method, "seed": seed, "key": run_key(settings),
+            "metric": metric, "score": results[f"eval_{metric}"], "heldout_score": results.get(f"heldout_{metric}"),
             "wall_seconds": round(time.time() - started, 1), "machine": machine_description(),
             "settings": settings, "results": results}
 
@@ -568,7 +608,50 @@ def reusable_rows(source: Path, raw: Path, args: ReproductionArguments) -> list[
     return reused
 
 
+def spec_argument_list(arguments: dict) -> list[str]:
+    """A spec's `{"seeds": [1, 2], "keep_weights": false}` as `--seeds 1 2 --keep_weights False`."""
+    argv = []
+    for name, value in arguments.items():
+        values = value if isinstance(value, list) else [value]
+        argv += [f"--{name}", *(str(item) for item in values)]
+    return argv
+
+
+def run_spec(argv: list[str]) -> None:
+    """`--spec FILE [--cells NAME ...] [ARGUMENT ...]`: a grid spec, a JSON file of `arguments` shared by
+    every cell and `cells` (name -> the arguments that make the cell), each cell a grid of its own in
+    `<results_dir>/<name>`. Arguments on the command line override the spec's (`--seeds 4 5`,
+    `--plan_only`). Seeds run outermost, then cells: every cell has seed 1 before any has seed 2."""
+    position = argv.index("--spec")
+    path = Path(argv[position + 1])
+    rest = argv[:position] + argv[position + 2:]
+    wanted: Optional[list[str]] = None
+    if "--cells" in rest:
+        start = rest.index("--cells")
+        stop = next((i for i in range(start + 1, len(rest)) if rest[i].startswith("--")), len(rest))
+        wanted, rest = rest[start + 1:stop], rest[:start] + rest[stop:]
+    spec = json.loads(path.read_text())
+    cells = spec["cells"]
+    unknown = [name for name in wanted or [] if name not in cells]
+    if unknown:
+        raise SystemExit(f"reproduce_glue.py: error: --cells {' '.join(unknown)}: not in {path}; its cells are "
+                         f"{', '.join(cells)}.")
+    cell_argvs = {}
+    for name in wanted or list(cells):
+        shared = dict(spec["arguments"])
+        shared["results_dir"] = str(Path(shared.get("results_dir", "docs/results")) / name)
+        cell_argvs[name] = spec_argument_list({**shared, **cells[name]}) + rest
+    (first,) = HfArgumentParser(ReproductionArguments).parse_args_into_dataclasses(next(iter(cell_argvs.values())))
+    for seed in first.seeds:
+        for name, cell_argv in cell_argvs.items():
+            print(f"[reproduce_glue] cell {name}, seed {seed}", flush=True)
+            main(cell_argv + ["--seeds", str(seed)])
+
+
 def main(argv: Optional[list[str]] = None) -> None:
+    if "--spec" in (sys.argv[1:] if argv is None else argv):
+        run_spec(list(sys.argv[1:] if argv is None else argv))
+        return
     parser = HfArgumentParser(ReproductionArguments)
     if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
         (args,) = parser.parse_json_file(sys.argv[1])
@@ -584,6 +667,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     if not args.summarize_only:
         for method in args.methods:
             method_settings(method, args)  # refuse a bad method before hours of runs
+        check_free_disk(Path(args.runs_dir), args.min_free_gb)
         if args.reuse_runs_from:
             for row in reusable_rows(Path(args.reuse_runs_from), raw, args):
                 append_row(raw, row)
@@ -593,6 +677,18 @@ def main(argv: Optional[list[str]] = None) -> None:
                 append_row(raw, run_one(task, method, seed, settings, args))
                 summarize(load_rows(raw), args)
     summarize(load_rows(raw), args)
+
+
+def check_free_disk(runs_dir: Path, min_free_gb: float) -> None:
+    """Print the free disk under `runs_dir`; stop with one line below `min_free_gb` (a full disk breaks
+    git, pip and the runs themselves)."""
+    existing = next(folder for folder in [runs_dir, *runs_dir.resolve().parents] if folder.exists())
+    free_gb = shutil.disk_usage(existing).free / 1e9
+    print(f"[reproduce_glue] free disk under {existing}: {free_gb:.1f} GB", flush=True)
+    if free_gb < min_free_gb:
+        raise SystemExit(f"reproduce_glue.py: error: {free_gb:.1f} GB free under {existing}, less than "
+                         f"--min_free_gb {min_free_gb:g}: delete finished runs' weights (runs/**/model.safetensors) "
+                         "or pass a smaller --min_free_gb.")
 
 
 def grid_runs(args: ReproductionArguments) -> list[tuple[str, str, int]]:

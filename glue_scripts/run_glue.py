@@ -56,6 +56,8 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
 
 from glue_scripts.glue_data import GLUE_TASKS, glue_task, load_glue_hub, load_glue_tsv  # noqa: E402
 from glue_scripts.glue_metrics import make_compute_metrics, predictions_from_logits  # noqa: E402
+from glue_scripts.training_split import (flip_labels, parse_row_range, seeded_sample,  # noqa: E402
+                                         split_rows, without_contained)
 from glue_scripts.run_safety import (InputError, RunSettingsRecorder, input_errors, plain,  # noqa: E402
                                      prepare_output_dir, write_json_atomic)
 from ksam_hf import KSAMConfig, KSAMTrainer  # noqa: E402
@@ -124,6 +126,27 @@ class DataTrainingArguments:
         default="adamw",
         metadata={"help": "adamw or sgd (plain Trainer step), sam or ksam (KSAMTrainer step around the "
                           "base optimizer of --optim, AdamW by default)."})
+    train_sample: Optional[int] = field(
+        default=None,
+        metadata={"help": "Train on N training examples drawn at random (seeded by --train_sample_seed), the "
+                          "same N for every method; --max_train_samples takes the first N instead."})
+    train_sample_seed: Optional[int] = field(
+        default=None, metadata={"help": "Seed of --train_sample's draw (default: --seed)."})
+    label_noise: float = field(
+        default=0.0,
+        metadata={"help": "Flip this share of the training labels, in [0, 1), each to another class drawn "
+                          "uniformly (seeded by --label_noise_seed); the training split only, after sampling."})
+    label_noise_seed: Optional[int] = field(
+        default=None, metadata={"help": "Seed of --label_noise's flips (default: --seed)."})
+    test_split_rows: Optional[str] = field(
+        default=None,
+        metadata={"help": "A:B: rows A to B-1 of the training file become a held-out test set that no run "
+                          "trains on (rows whose text a trainable row contains are dropped); evaluated after "
+                          "training with --do_eval, as `heldout_*` metrics."})
+    save_weights: bool = field(
+        default=True,
+        metadata={"help": "Save the trained model in --output_dir (False: only logs, metrics and the trainer "
+                          "state; what a grid of hundreds of runs wants)."})
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Start afresh in a non-empty --output_dir: delete the checkpoints, results and model "
@@ -146,10 +169,18 @@ class DataTrainingArguments:
             path = getattr(self, name)
             if path is not None and path.split(".")[-1] not in ("csv", "json"):
                 raise ValueError(f"--{name} {path!r} must be a .csv or .json file.")
-        for name in ("max_train_samples", "max_eval_samples", "max_predict_samples"):
+        for name in ("max_train_samples", "max_eval_samples", "max_predict_samples", "train_sample"):
             count = getattr(self, name)
             if count is not None and count < 1:
                 raise ValueError(f"--{name} {count}: give at least 1, or leave it out to use the whole split.")
+        if self.train_sample is not None and self.max_train_samples is not None:
+            raise ValueError("--train_sample and --max_train_samples both cut the training set: give one "
+                             "(--train_sample draws at random, --max_train_samples takes the first N).")
+        if not 0.0 <= self.label_noise < 1.0:
+            raise ValueError(f"--label_noise {self.label_noise}: give a share in [0, 1), e.g. 0.3 for 30 % "
+                             "of the training labels.")
+        if self.test_split_rows is not None:
+            parse_row_range(self.test_split_rows)
 
 
 class StepTimer(TrainerCallback):
@@ -226,7 +257,7 @@ def load_raw_datasets(model_args: ModelArguments, data_args: DataTrainingArgumen
     if data_args.task_name is not None:
         task = glue_task(data_args.task_name)
         if data_args.glue_dir:
-            needed = (["train"] if training_args.do_train else []) \
+            needed = (["train"] if training_args.do_train or data_args.test_split_rows else []) \
                 + (list(task.eval_splits) if training_args.do_eval else []) \
                 + (list(task.test_splits) if training_args.do_predict else [])
             return load_glue_tsv(data_args.glue_dir, task.name, splits=needed)
@@ -299,7 +330,53 @@ def run_settings(model_args: ModelArguments, data_args: DataTrainingArguments,
         **{name: getattr(training_args, name) for name in KSAMConfig.sam_field_names()},
     }
     settings.update({name: getattr(training_args, name) for name in TRAINING_SETTINGS if hasattr(training_args, name)})
+    # The training split's shaping, recorded when used (so that checkpoints written before it existed
+    # still resume).
+    if data_args.train_sample is not None:
+        settings["train_sample"] = data_args.train_sample
+        settings["train_sample_seed"] = training_seed(data_args.train_sample_seed, training_args)
+    if data_args.label_noise:
+        settings["label_noise"] = data_args.label_noise
+        settings["label_noise_seed"] = training_seed(data_args.label_noise_seed, training_args)
+    if data_args.test_split_rows is not None:
+        settings["test_split_rows"] = data_args.test_split_rows
     return {name: plain(value) for name, value in settings.items()}
+
+
+def training_seed(seed: Optional[int], training_args: KSAMConfig) -> int:
+    """A data seed, or the run's `--seed` when none is given."""
+    return training_args.seed if seed is None else seed
+
+
+def shape_training_split(raw: DatasetDict, data_args: DataTrainingArguments, training_args: KSAMConfig,
+                         task: Any, classes: Optional[list]) -> dict[str, Any]:
+    """Cut the held-out block out of `raw["train"]` (into `raw["heldout"]`), draw the sample, flip
+    labels, then drop the held-out rows a training row contains, in place (`classes`: the label values, None for a regression); returns what was done,
+    for `all_results.json`."""
+    record: dict[str, Any] = {}
+    if "train" not in raw:  # evaluation or prediction only
+        return record
+    if data_args.test_split_rows is not None:
+        raw["train"], raw["heldout"] = split_rows(raw["train"], parse_row_range(data_args.test_split_rows))
+    if data_args.train_sample is not None:
+        raw["train"] = seeded_sample(raw["train"], data_args.train_sample,
+                                     training_seed(data_args.train_sample_seed, training_args))
+    if data_args.label_noise:
+        if classes is None:
+            raise InputError(f"--label_noise {data_args.label_noise}: this task is a regression (scores, not "
+                             "classes); label noise needs a classification task: drop --label_noise.")
+        raw["train"], flipped = flip_labels(raw["train"], data_args.label_noise,
+                                            training_seed(data_args.label_noise_seed, training_args), classes)
+        record["label_noise_flipped"] = len(flipped)
+    if "heldout" in raw:  # against the rows this run trains on (--max_train_samples cuts them later)
+        training = first(raw["train"], data_args.max_train_samples)
+        text_columns = task.text_columns if task is not None else tuple(
+            name for name in raw["train"].column_names if name not in ("label", "idx"))
+        raw["heldout"], dropped = without_contained(raw["heldout"], training, text_columns)
+        record.update(heldout_rows=data_args.test_split_rows, heldout_dropped_contained=dropped)
+        logger.info(f"Held-out test: rows {data_args.test_split_rows} of the training file, {len(raw['heldout'])} "
+                    f"kept, {dropped} dropped (their text sits inside a training row).")
+    return record
 
 
 def check_max_seq_length(max_seq_length: int, tokenizer: Any, config: PretrainedConfig, pair: bool) -> None:
@@ -365,8 +442,25 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     with input_errors():
         raw_datasets = load_raw_datasets(model_args, data_args, training_args)
 
-    # The splits to use, cut to the requested sizes (tokenized once the model's labels are known).
     task = glue_task(data_args.task_name) if data_args.task_name is not None else None
+    # Labels
+    label_list: Optional[list] = None
+    if task is not None:
+        is_regression = task.is_regression
+        label_list = None if is_regression else list(task.label_names)
+    else:
+        reference = raw_datasets["train"]
+        is_regression = reference.features["label"].dtype in ("float32", "float64")
+        if not is_regression:
+            label_list = sorted(reference.unique("label"))
+    num_labels = 1 if is_regression else len(label_list)
+
+    # The training split shaped for the protocol: a held-out block, a seeded sample, label noise.
+    with input_errors():
+        shaping = shape_training_split(raw_datasets, data_args, training_args, task,
+                                       None if is_regression else (list(range(num_labels)) if task else label_list))
+
+    # The splits to use, cut to the requested sizes (tokenized once the model's labels are known).
     eval_names = list(task.eval_splits) if task is not None else ["validation"]
     test_names = list(task.test_splits) if task is not None else ["test"]
     wanted = {}
@@ -383,18 +477,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 raise InputError(f"{option}: the {split_kind} split is empty: "
                                  f"{split_source(name, data_args, task)} has no rows.")
             wanted[name] = first(raw_datasets[name], count)
-
-    # Labels
-    label_list: Optional[list] = None
-    if task is not None:
-        is_regression = task.is_regression
-        label_list = None if is_regression else list(task.label_names)
-    else:
-        reference = raw_datasets["train"]
-        is_regression = reference.features["label"].dtype in ("float32", "float64")
-        if not is_regression:
-            label_list = sorted(reference.unique("label"))
-    num_labels = 1 if is_regression else len(label_list)
+    if training_args.do_eval and "heldout" in raw_datasets:
+        if len(raw_datasets["heldout"]) == 0:
+            raise InputError(f"--test_split_rows {data_args.test_split_rows}: every held-out row sits inside a "
+                             "trainable row; give another block of rows.")
+        wanted["heldout"] = raw_datasets["heldout"]
 
     # Text columns
     if task is not None:
@@ -499,7 +586,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         if resume.finished:  # 0 steps ran: its train_loss (0.0) is no loss of this model
             metrics.pop("train_loss", None)
             logger.warning(f"Nothing trained: {resume.checkpoint} had finished its {train_result.global_step} steps.")
-        trainer.save_model()  # the tokenizer too
+        if data_args.save_weights:
+            trainer.save_model()  # the tokenizer too
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
         trainer.save_state()
@@ -514,6 +602,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 metrics = {f"{key}_mm": value for key, value in metrics.items()}
             combined.update(metrics)
             trainer.log_metrics("eval", metrics)
+        if "heldout" in processed:  # the training file's held-out block (--test_split_rows)
+            metrics = trainer.evaluate(eval_dataset=processed["heldout"], metric_key_prefix="heldout")
+            metrics["heldout_samples"] = len(processed["heldout"])
+            combined.update(metrics)
+            trainer.log_metrics("heldout", metrics)
         trainer.save_metrics("eval", combined)
 
     if training_args.do_predict:
@@ -534,7 +627,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
     method = {"optimizer": data_args.optimizer, "optim": OptimizerNames(training_args.optim).value,
               **{name: getattr(training_args, name) for name in KSAMConfig.sam_field_names()},
-              **resume.results()}
+              **shaping, **resume.results()}
     if trainer.is_world_process_zero():
         record_settings(training_args.output_dir, method)
 
