@@ -77,4 +77,5 @@ def flip_labels(train: Dataset, share: float, seed: int, classes: list) -> tuple
     for position in flipped:
         step = int(rng.integers(1, len(classes)))
         labels[position] = classes[(classes.index(labels[position]) + step) % len(classes)]
-    return train.remove_columns("label").add_column("label", labels, feature=train.features["label"]), flipped
+    columns = {**train.to_dict(), "label": labels}
+    return Dataset.from_dict(columns, features=train.features), flipped

@@ -310,3 +310,81 @@ def test_warm_starts_from_each_tasks_own_run_share_one_colour_and_labels_stay_di
     assert list(colors) == [rg.short_name(methods[0]), "adamw"] and colors["adamw"] != colors[rg.short_name(methods[0])]
     many = rg.label_colors([f"ksam@sam_rho={i}" for i in range(12)])
     assert len(many) == 12 and len({tuple(c) for c in many.values()}) == 12
+
+
+# ----------------------------------------------------------------------------- the SAM-wins protocol's options
+def test_the_committed_grids_keep_their_run_keys():
+    """New options are written into a run's settings only when used: every committed grid's rows still
+    match their grid's arguments (a changed key would drop them from the tables)."""
+    for folder in ("glue-full", "glue-tuning", "collapse"):
+        path = rg.REPO / "docs" / "results" / folder
+        args = rg.ReproductionArguments(**json.loads((path / "reproduction_arguments.json").read_text()))
+        rows = rg.load_rows(path / "results.jsonl")
+        assert rows and len(rg.current_rows(rows, args)) == len(rows), folder
+
+
+def test_the_protocol_options_reach_run_glue_and_the_row(tmp_path, monkeypatch):
+    args = grid(tmp_path, tasks=["sst2"], train_sample=1000, label_noise=0.3, eval_every_epoch=True,
+                test_split_rows=["sst2=62349:67349", "mrpc=2500:3668"])
+    settings = rg.run_settings("sst2", "adamw", 1, args)
+    assert {key: settings[key] for key in ("train_sample", "label_noise", "test_split_rows", "eval_strategy")} == \
+        {"train_sample": "1000", "label_noise": "0.3", "test_split_rows": "62349:67349", "eval_strategy": "epoch"}
+    assert "test_split_rows" not in rg.run_settings("rte", "adamw", 1, args)  # a task without a block
+    plain = rg.run_settings("sst2", "adamw", 1, grid(tmp_path))
+    assert not {"train_sample", "label_noise", "test_split_rows"} & set(plain) and plain["eval_strategy"] == "no"
+
+    real_run = subprocess.run
+
+    def fake_run_glue(command, **kwargs):
+        if str(rg.RUN_GLUE) not in command:  # lscpu, for the machine's name
+            return real_run(command, **kwargs)
+        output_dir = rg.Path(command[command.index("--output_dir") + 1])
+        output_dir.mkdir(parents=True)
+        assert command[command.index("--save_weights") + 1] == "False"  # grids keep no weights by default
+        assert command[command.index("--label_noise") + 1] == "0.3"
+        (output_dir / "all_results.json").write_text(json.dumps(
+            {"eval_accuracy": 0.8, "heldout_accuracy": 0.75, "train_median_step_time": 0.5}))
+        history = [{"loss": 0.6, "step": 25, "epoch": 0.8}, {"eval_accuracy": 0.7, "eval_loss": 0.6, "epoch": 1.0},
+                   {"eval_accuracy": 0.8, "eval_loss": 0.5, "epoch": 2.0}]
+        (output_dir / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+
+    monkeypatch.setattr(rg.subprocess, "run", fake_run_glue)
+    row = rg.run_one("sst2", "adamw", 1, settings, args)
+    assert row["score"] == 0.8 and row["heldout_score"] == 0.75
+    assert row["epochs"] == [{"epoch": 1.0, "score": 0.7, "eval_loss": 0.6}, {"epoch": 2.0, "score": 0.8, "eval_loss": 0.5}]
+    assert row["settings"]["train_sample"] == "1000" and row["seed"] == 1 and "machine" in row
+
+
+def test_a_spec_runs_its_cells_seed_by_seed_each_in_its_own_folder(tmp_path, monkeypatch):
+    spec = {"about": "two cells", "arguments": {"model_name_or_path": "m", "tasks": ["rte"], "methods": ["adamw"],
+                                                 "seeds": [1, 2], "results_dir": str(tmp_path / "out"),
+                                                 "runs_dir": str(tmp_path / "runs"), "learning_rate": 1e-4},
+            "cells": {"small": {"train_sample": 100, "label_noise": 0.3}, "large": {"train_sample": 400}}}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    calls = []
+
+    def fake_run(task, method, seed, settings, args):
+        calls.append((args.results_dir.split("/")[-1], seed, settings.get("train_sample"), settings.get("label_noise"),
+                      settings["learning_rate"]))
+        return rte_run()(task, method, seed, settings, args)
+
+    monkeypatch.setattr(rg, "run_one", fake_run)
+    rg.main(["--spec", str(tmp_path / "spec.json")])
+    assert calls == [("small", 1, "100", "0.3", "0.0001"), ("large", 1, "400", None, "0.0001"),
+                     ("small", 2, "100", "0.3", "0.0001"), ("large", 2, "400", None, "0.0001")]
+    assert (tmp_path / "out" / "small" / "results.md").is_file() and (tmp_path / "out" / "large" / "results.md").is_file()
+    rg.main(["--spec", str(tmp_path / "spec.json")])  # resumes: nothing left to run
+    assert len(calls) == 4
+    rg.main(["--spec", str(tmp_path / "spec.json"), "--cells", "large", "--seeds", "3", "--learning_rate", "2e-4"])
+    assert calls[4:] == [("large", 3, "400", None, "0.0002")]  # the command line overrides the spec
+    with pytest.raises(SystemExit, match="--cells huge: not in .*its cells are small, large"):
+        rg.main(["--spec", str(tmp_path / "spec.json"), "--cells", "huge"])
+
+
+def test_a_grid_refuses_to_start_on_a_nearly_full_disk(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(rg.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(100e9, 96e9, 4e9))
+    monkeypatch.setattr(rg, "run_one", lambda *args: pytest.fail("a run started"))
+    with pytest.raises(SystemExit, match=r"4.0 GB free under .*less than --min_free_gb 5: delete finished runs"):
+        rg.main(["--model_name_or_path", "m", "--tasks", "rte", "--methods", "adamw", "--seeds", "1",
+                 "--results_dir", str(tmp_path), "--runs_dir", str(tmp_path / "runs")])
+    assert "free disk under" in capsys.readouterr().out

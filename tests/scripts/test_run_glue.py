@@ -583,3 +583,67 @@ def test_real_bugs_keep_their_traceback(tiny_model, glue_dir, tmp_path, monkeypa
     monkeypatch.setattr(run_glue, "load_raw_datasets", lambda *a, **k: {}["train"])
     with pytest.raises(KeyError):
         run_glue.cli(run_args(tiny_model, glue_dir, tmp_path / "out2", "rte", "adamw"))
+
+
+# ----------------------------------------------------------------------------- the SAM-wins protocol's options
+def protocol_args(model: Path, glue_dir: Path, output_dir: Path, optimizer: str, *extra: str) -> list[str]:
+    """run_args on SST-2 without `--max_train_samples` (the options below cut the training set)."""
+    args = run_args(model, glue_dir, output_dir, "sst2", optimizer, *extra)
+    position = args.index("--max_train_samples")
+    return args[:position] + args[position + 2:]
+
+
+def test_sample_noise_and_held_out_block_end_to_end(tiny_model, glue_dir, tmp_path):
+    output_dir = tmp_path / "out"
+    results = main(protocol_args(tiny_model, glue_dir, output_dir, "sam", "--train_sample", "40", "--label_noise",
+                                 "0.25", "--test_split_rows", "67000:67349", "--eval_strategy", "epoch",
+                                 "--num_train_epochs", "2", "--save_weights", "False"))
+    assert results["train_samples"] == 40 and results["label_noise_flipped"] == 10  # round(0.25 * 40)
+    assert results["eval_samples"] == 24  # the dev set is cut as asked, nothing else
+    assert results["heldout_rows"] == "67000:67349"
+    assert results["heldout_samples"] + results["heldout_dropped_contained"] == 349
+    assert 0 < results["heldout_dropped_contained"] < 349 and 0 <= results["heldout_accuracy"] <= 1
+    epochs = [log for log in read_json(output_dir / "trainer_state.json")["log_history"] if "eval_accuracy" in log]
+    assert [log["epoch"] for log in epochs] == [1.0, 2.0]  # the dev score after every epoch
+    assert not (output_dir / "model.safetensors").exists() and (output_dir / "trainer_state.json").is_file()
+
+
+def test_every_method_of_a_seed_trains_on_the_same_noisy_sample_and_the_dev_set_is_untouched(glue_dir):
+    shaped = {}
+    for optimizer in ("adamw", "sam", "ksam"):
+        _, data_args, training_args = parse_args(["--model_name_or_path", "m", "--output_dir", "o", "--task_name",
+                                                  "sst2", "--optimizer", optimizer, "--seed", "5", "--train_sample",
+                                                  "300", "--label_noise", "0.3", "--test_split_rows", "67000:67349"])
+        raw = load_glue_tsv(glue_dir, "sst2", ["train", "validation"])
+        dev_before = raw["validation"]["label"]
+        record = run_glue.shape_training_split(raw, data_args, training_args, run_glue.glue_task("sst2"), [0, 1])
+        assert raw["validation"]["label"] == dev_before and record["label_noise_flipped"] == 90
+        shaped[optimizer] = (raw["train"]["idx"], raw["train"]["label"], raw["heldout"]["idx"])
+    assert shaped["adamw"] == shaped["sam"] == shaped["ksam"]
+    indices, labels, heldout = shaped["adamw"]
+    truth = load_glue_tsv(glue_dir, "sst2", ["train"])["train"].select(indices)["label"]
+    assert sum(a != b for a, b in zip(labels, truth)) == 90  # flipped against the file's own labels
+    assert all(i < 67000 for i in indices) and all(67000 <= i < 67349 for i in heldout)
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--label_noise", "1.0"], "--label_noise 1.0: give a share in [0, 1)"),
+    (["--label_noise", "-0.2"], "--label_noise -0.2: give a share in [0, 1)"),
+    (["--train_sample", "0"], "--train_sample 0: give at least 1"),
+    (["--train_sample", "10", "--max_train_samples", "10"], "--train_sample and --max_train_samples both"),
+    (["--test_split_rows", "9:3"], "--test_split_rows '9:3' is not A:B"),
+])
+def test_bad_protocol_options_are_refused_in_one_line(tiny_model, glue_dir, tmp_path, capsys, extra, expected):
+    with pytest.raises(SystemExit) as stop:
+        run_glue.cli(protocol_args(tiny_model, glue_dir, tmp_path / "out", "adamw", *extra))
+    assert stop.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("run_glue.py: error: ") and expected in lines[0], lines
+
+
+def test_label_noise_on_a_regression_task_is_refused(tiny_model, glue_dir, tmp_path, capsys):
+    args = run_args(tiny_model, glue_dir, tmp_path / "out", "stsb", "adamw", "--label_noise", "0.1")
+    with pytest.raises(SystemExit):
+        run_glue.cli(args)
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "--label_noise 0.1: this task is a regression" in line and "drop --label_noise" in line
