@@ -110,6 +110,14 @@ class ReproductionArguments:
         metadata={"help": "List the grid's runs in the order they run, each done, reused or to run, and stop."})
 
 
+METHODS = ("adamw", "sgd", "sam", "ksam", "momentum", "random_direction")
+"""Method names: run_glue.py's `--optimizer` values."""
+KEYED_SAM_FIELDS = ("sam_rho", "ksam_k", "ksam_selection", "ksam_uniform_mix", "ksam_loss_share", "sam_adaptive",
+                    "ksam_rank_without_dropout", "sam_sync_ascent")
+"""The `KSAMConfig` fields written out with their defaults into every SAM run's settings (those of the
+committed grids); a field added since (the SAM schedules) is written only when a spec sets it, so
+that the committed runs keep their keys."""
+
 OVERRIDABLE_TRAINING_FIELDS = ("learning_rate", "num_train_epochs", "model_name_or_path")
 """Settings a method spec may set besides the `KSAMConfig` SAM fields: a learning-rate grid is a list
 of methods (`adamw@learning_rate=5e-5`), a warm start another model and fewer epochs."""
@@ -133,14 +141,14 @@ def method_settings(method: str, args: ReproductionArguments) -> dict[str, str]:
     default names the field in its specs.
     """
     name, *overrides = method.split("@")
-    if name not in ("adamw", "sgd", "sam", "ksam"):
-        raise ValueError(f"--methods: unknown method {name!r} in {method!r}: use adamw, sgd, sam or ksam.")
+    if name not in METHODS:
+        raise ValueError(f"--methods: unknown method {name!r} in {method!r}: use {', '.join(METHODS)}.")
     settings = {"optimizer": name}
     sam_fields = {f.name: f.default for f in dataclasses.fields(KSAMConfig)
                   if f.name in KSAMConfig.sam_field_names() and f.name != "sam_mode"}
-    if name in ("sam", "ksam"):
+    if name not in ("adamw", "sgd"):
         for field_name, default in sam_fields.items():
-            if name == "ksam" or not field_name.startswith("ksam_"):
+            if field_name in KEYED_SAM_FIELDS and (name == "ksam" or not field_name.startswith("ksam_")):
                 settings[field_name] = normalized(str(default))
         settings["sam_rho"] = normalized(str(args.sam_rho))
         if name == "ksam":

@@ -6,7 +6,7 @@ same arguments, flow and output files (`train_results.json`, `eval_results.json`
 `all_results.json`, `trainer_state.json`, `predict_results_<task>.txt`), so that numbers from here
 compare with the example's. On top of it:
 
-* `--optimizer adamw|sgd|sam|ksam` picks the method (see `OPTIMIZERS`), with the SAM knobs of
+* `--optimizer adamw|sgd|sam|ksam|momentum|random_direction` picks the method (see `OPTIMIZERS`), with the SAM knobs of
   `KSAMConfig` (`--sam_rho`, `--ksam_k`, ...);
 * `--glue_dir` (default: `$GLUE_DIR`) reads the original GLUE TSV release offline instead of the Hub;
 * metrics are computed locally (no `evaluate` download), in the task's label ids whatever order the
@@ -64,10 +64,12 @@ from ksam_hf import KSAMConfig, KSAMTrainer  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-OPTIMIZERS: dict[str, str] = {"adamw": "none", "sgd": "none", "sam": "sam", "ksam": "ksam"}
-"""`--optimizer` -> `sam_mode`. adamw and sgd are the plain Trainer step with that optimizer; sam
-and ksam wrap the base optimizer of `--optim` (AdamW unless given)."""
-DEFAULT_OPTIM = {"adamw": "adamw_torch", "sgd": "sgd", "sam": "adamw_torch", "ksam": "adamw_torch"}
+OPTIMIZERS: dict[str, str] = {"adamw": "none", "sgd": "none", "sam": "sam", "ksam": "ksam", "momentum": "momentum",
+                              "random_direction": "random_direction"}
+"""`--optimizer` -> `sam_mode`. adamw and sgd are the plain Trainer step with that optimizer; the
+others wrap the base optimizer of `--optim` (AdamW unless given)."""
+DEFAULT_OPTIM = {"adamw": "adamw_torch", "sgd": "sgd", "sam": "adamw_torch", "ksam": "adamw_torch",
+                 "momentum": "adamw_torch", "random_direction": "adamw_torch"}
 
 
 @dataclass
@@ -124,8 +126,8 @@ class DataTrainingArguments:
                           "offline instead of the Hub (default: $GLUE_DIR)."})
     optimizer: str = field(
         default="adamw",
-        metadata={"help": "adamw or sgd (plain Trainer step), sam or ksam (KSAMTrainer step around the "
-                          "base optimizer of --optim, AdamW by default)."})
+        metadata={"help": "adamw or sgd (plain Trainer step); sam, ksam, momentum or random_direction "
+                          "(KSAMTrainer step around the base optimizer of --optim, AdamW by default)."})
     train_sample: Optional[int] = field(
         default=None,
         metadata={"help": "Train on N training examples drawn at random (seeded by --train_sample_seed), the "

@@ -10,7 +10,7 @@ from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
 from .selection import SELECTION_RULES
 
-SAM_MODES = ("ksam", "sam", "none")
+SAM_MODES = ("ksam", "sam", "momentum", "random_direction", "none")
 TRUE_TEXTS, FALSE_TEXTS = ("true", "yes", "1"), ("false", "no", "0")
 
 
@@ -24,7 +24,11 @@ class KSAMConfig(TrainingArguments):
             `"ksam"`: K-SAM (Ni et al. 2022): a forward pass without gradients gives each example's
             loss, and SAM's ascent and descent run on `ksam_k` examples chosen by `ksam_selection`.
             `"sam"`: SAM (Foret et al. 2021) on the whole batch (two forward and backward passes).
-            `"none"`: the stock `Trainer` step (the baseline).
+            `"momentum"`: Momentum-SAM (Becker et al. 2024): the gradient at `w - rho * m / ||m||`, m
+            the base optimizer's first moment (AdamW's `exp_avg`, SGD's `momentum_buffer`); one
+            forward and backward, no ascent pass. `"random_direction"`: the gradient at
+            `w + rho * z / ||z||`, z a seeded Gaussian draw: the control that tells whether the
+            direction of the perturbation matters. `"none"`: the stock `Trainer` step (the baseline).
         sam_rho (`float`, *optional*, defaults to `0.01`):
             Radius of the ascent step: the weights move by `rho * g / ||g||` before the descent
             gradient is taken. `0` makes the step a plain gradient step on the kept examples.
@@ -37,7 +41,9 @@ class KSAMConfig(TrainingArguments):
             Which examples K-SAM keeps. `"top_k_ascent"`: the ascent on the k highest losses (the
             perturbation is taken where the loss is high), the descent on the whole batch at w + e:
             SAM's objective with an ascent on k examples, so a step costs more than the base
-            optimizer's and less than SAM's. `"loss_sampled"`: both passes on k examples sampled
+            optimizer's and less than SAM's. `"random_ascent"`: the ascent on k labelled examples drawn
+            uniformly at random (seeded by `seed`), the descent on the whole batch, and no ranking
+            pass (Brock et al. 2021; Bahri et al. 2022). `"loss_sampled"`: both passes on k examples sampled
             with probabilities increasing with their loss, the descent weighted by the inverse of
             each probability (an unbiased estimate of the batch's mean loss): below the base
             optimizer's cost, but each step learns from k examples only. `"top_k"`: the paper's rule,
@@ -67,11 +73,23 @@ class KSAMConfig(TrainingArguments):
             perturbing, so that every process uses the same perturbation (one all-reduce of the
             gradients per step). By default each process perturbs with its own shard's ascent
             gradient, as the original SAM does per device.
+        sam_every_n_steps (`int`, *optional*, defaults to `1`):
+            Scheduled SAM, any perturbing mode: perturb optimizer steps n, 2n, 3n, ... only; the
+            others are plain steps of the base optimizer (one forward and backward, no ranking).
+        sam_step_share (`float`, *optional*, defaults to `1.0`):
+            Scheduled SAM: perturb each optimizer step with this probability, in (0, 1] (RST, Zhao
+            et al. 2022), drawn from `seed` and the step's number: the same on every process and
+            micro-batch, and after a resume.
+        sam_start_fraction (`float`, *optional*, defaults to `0.0`):
+            Scheduled SAM: plain steps until this fraction of the run's optimizer steps, in [0, 1),
+            then SAM (late-phase SAM, Zhou et al., ICLR 2025). The three schedules combine: a step is
+            perturbed when all of them allow it.
     """
 
     sam_mode: str = field(
         default="ksam",
-        metadata={"help": "'ksam' (SAM on k examples per batch), 'sam' (full-batch SAM) or 'none' (plain Trainer step).",
+        metadata={"help": "'ksam' (SAM on k examples per batch), 'sam' (full-batch SAM), 'momentum' (Momentum-SAM), "
+                          "'random_direction' (a random perturbation: the control) or 'none' (plain Trainer step).",
                   "choices": list(SAM_MODES)},
     )
     sam_rho: float = field(default=0.01, metadata={"help": "SAM ascent radius rho (>= 0)."})
@@ -82,7 +100,8 @@ class KSAMConfig(TrainingArguments):
     ksam_selection: str = field(
         default="top_k_ascent",
         metadata={"help": "Which examples K-SAM keeps: 'top_k_ascent' (ascent on the top k, descent on the "
-                          "whole batch), 'loss_sampled' (both passes on k sampled by loss, unbiased descent; "
+                          "whole batch), 'random_ascent' (ascent on k drawn at random, descent on the whole batch, "
+                          "no ranking pass), 'loss_sampled' (both passes on k sampled by loss, unbiased descent; "
                           "cheaper, learns from k per step) or 'top_k' (the paper's k highest losses).",
                   "choices": list(SELECTION_RULES)},
     )
@@ -103,6 +122,12 @@ class KSAMConfig(TrainingArguments):
         default=False,
         metadata={"help": "Average the ascent gradient across processes (one shared perturbation)."},
     )
+    sam_every_n_steps: int = field(
+        default=1, metadata={"help": "Scheduled SAM: perturb every n-th optimizer step only (>= 1)."})
+    sam_step_share: float = field(
+        default=1.0, metadata={"help": "Scheduled SAM: perturb a seeded random share of the optimizer steps, (0, 1]."})
+    sam_start_fraction: float = field(
+        default=0.0, metadata={"help": "Scheduled SAM: plain steps until this fraction of training, [0, 1)."})
 
     def __post_init__(self) -> None:
         validate_sam_fields(self)
@@ -184,3 +209,21 @@ def validate_sam_fields(args: KSAMConfig) -> None:
         args.ksam_loss_share = share(args.ksam_loss_share, "ksam_loss_share", zero_allowed=False)
     for name in ("sam_adaptive", "ksam_rank_without_dropout", "sam_sync_ascent"):
         setattr(args, name, as_bool(name, getattr(args, name)))
+    if args.ksam_selection == "random_ascent" and args.sam_mode != "ksam":
+        raise ValueError(f"`ksam_selection`='random_ascent' needs `sam_mode`='ksam' (got {args.sam_mode!r}): it picks "
+                         "K-SAM's ascent rows. Set sam_mode='ksam', or drop ksam_selection.")
+    every = args.sam_every_n_steps
+    if isinstance(every, bool) or not isinstance(every, (int, float, str)) or not str(every).strip().isdigit() \
+            or int(every) < 1:
+        raise ValueError(f"`sam_every_n_steps`={every!r} must be a whole number >= 1 (1: every step; 2: every "
+                         "second step).")
+    args.sam_every_n_steps = int(every)
+    args.sam_step_share = share(args.sam_step_share, "sam_step_share", zero_allowed=False)
+    try:
+        start = float(args.sam_start_fraction)
+    except (TypeError, ValueError):
+        start = math.nan
+    if not 0 <= start < 1:
+        raise ValueError(f"`sam_start_fraction`={args.sam_start_fraction!r} must be in [0, 1) (e.g. 0.7 for SAM on "
+                         "the last 30 % of the steps); at 1 no step would be perturbed.")
+    args.sam_start_fraction = start

@@ -176,3 +176,25 @@ def mean_max_probability(outputs: Any, counts: torch.Tensor) -> Optional[torch.T
     if not bool(labelled.any()):
         return None
     return top[labelled].mean()
+
+
+def label_counts(inputs: Mapping[str, Any], kind: Optional[str]) -> Optional[torch.Tensor]:
+    """Each example's number of loss items read from its labels alone, without a forward pass (for
+    the rules that draw rows without ranking them); None where only the loss can tell (a custom loss,
+    an unknown head). Token-level heads count the labels that are not -100 (a causal LM's first
+    position predicts nothing); one label per example counts 1, or 0 when it is -100."""
+    if kind is None:
+        return None
+    if kind == "question_answering":
+        return torch.ones(len(inputs["start_positions"]))
+    labels = inputs.get("labels")
+    if not torch.is_tensor(labels):
+        return None
+    labels = labels.detach().cpu()
+    if kind in TOKEN_LEVEL_HEADS:
+        if kind == "causal_lm":
+            labels = labels[:, 1:]
+        return labels.ne(IGNORE_INDEX).reshape(labels.shape[0], -1).sum(dim=1).float()
+    if labels.is_floating_point():  # regression, multi-label: every example has a target
+        return torch.ones(labels.shape[0])
+    return labels.ne(IGNORE_INDEX).float()

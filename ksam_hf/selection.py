@@ -1,6 +1,7 @@
 """Which examples of a batch K-SAM ascends and descends on: the selection rules, and adaptive k.
 
-A rule sees the batch's per-example losses from the ranking pass and returns the rows of the
+A rule sees the batch's per-example losses from the ranking pass (or, if it needs no ranking,
+only which examples have labels) and returns the rows of the
 ascent pass, the rows of the descent pass, and how the descent combines their losses. A new rule
 is a subclass of `SelectionRule` registered in `SELECTION_RULES`; the training step does not change.
 
@@ -52,7 +53,15 @@ class Selected:
 
 
 class SelectionRule(ABC):
-    """Decides, from a batch's `Ranking`, the rows of the ascent and descent passes (see `Selected`)."""
+    """Decides, from a batch's `Ranking`, the rows of the ascent and descent passes (see `Selected`).
+
+    `needs_ranking`: whether the rule reads the losses, i.e. the step runs a ranking pass; without it
+    the `Ranking` holds the label counts only (scores of zero). `seeded_by_step`: whether the step
+    passes a generator seeded by the run's seed, the optimizer step, the micro-batch and the process
+    (draws that a resumed run repeats); otherwise the rule draws from torch's global generator."""
+
+    needs_ranking: bool = True
+    seeded_by_step: bool = False
 
     @abstractmethod
     def select(self, ranking: Ranking, k: int, generator: Optional[torch.Generator] = None) -> Selected:
@@ -156,7 +165,22 @@ class TopKAscent(SelectionRule):
         return Selected(top_k_indices(ranking.scores, ranking.counts, k), ranking.labelled.nonzero().view(-1))
 
 
-SELECTION_RULES = {"loss_sampled": LossSampled, "top_k": TopK, "top_k_ascent": TopKAscent}
+class RandomAscent(SelectionRule):
+    """The ascent on k labelled examples drawn uniformly at random, the descent on the whole batch at
+    w + e: the sub-batch ascent of Brock et al. 2021 (used by Bahri et al. 2022 on T5), with no ranking
+    pass. At most (1 + k / B) forward and backward passes."""
+
+    needs_ranking = False
+    seeded_by_step = True
+
+    def select(self, ranking: Ranking, k: int, generator: Optional[torch.Generator] = None) -> Selected:
+        labelled = ranking.labelled.nonzero().view(-1)
+        drawn = labelled[torch.randperm(labelled.numel(), generator=generator)[:k]]
+        return Selected(drawn.sort().values, labelled)
+
+
+SELECTION_RULES = {"loss_sampled": LossSampled, "top_k": TopK, "top_k_ascent": TopKAscent,
+                   "random_ascent": RandomAscent}
 """`ksam_selection` -> rule class (built with `uniform_mix=ksam_uniform_mix` where it takes one)."""
 
 

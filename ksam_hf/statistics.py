@@ -24,8 +24,14 @@ class StepStatistics:
 
     def _reset(self) -> None:
         self.steps, self.kept, self.norm_steps, self.norm = 0, 0, 0, 0.0
+        self.micro_batches, self.perturbed = 0, 0
         self.kept_loss = torch.zeros(())
         self.confidence_steps, self.confidence = 0, torch.zeros(())
+
+    def add_step(self, perturbed: bool) -> None:
+        """One micro-batch, perturbed or (a step the SAM schedule leaves out) plain."""
+        self.micro_batches += 1
+        self.perturbed += int(perturbed)
 
     def add_ascent(self, kept: int, kept_loss: torch.Tensor, norm: float) -> None:
         """One ascent pass: rows kept, their mean loss, the ascent gradient's norm (unscaled)."""
@@ -48,6 +54,8 @@ class StepStatistics:
         logs: dict[str, float] = {"sam_skipped_perturbations": self.skipped}
         if self.empty:
             logs["sam_unlabelled_batches"] = self.empty
+        if self.micro_batches:
+            logs["sam_perturbed_share"] = round(self.perturbed / self.micro_batches, 4)
         if self.steps:
             logs["sam_kept"] = round(self.kept / self.steps, 4)
             logs["sam_kept_loss"] = round(float(self.kept_loss) / self.steps, 4)

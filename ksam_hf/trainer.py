@@ -18,11 +18,16 @@ from transformers import Seq2SeqTrainer, Trainer, TrainingArguments
 
 from .checks import check_finite_weights, check_model_loss, check_per_example_losses, own_and_standard_loss
 from .config import KSAMConfig, KSAMSeq2SeqConfig
-from .per_example_loss import (TOKEN_LEVEL_HEADS, PerExampleLoss, head_kind, label_keys,
+import numpy as np
+
+from .per_example_loss import (TOKEN_LEVEL_HEADS, PerExampleLoss, head_kind, label_counts, label_keys,
                                mean_max_probability, per_example_loss_for)
-from .packing import is_packed, per_sequence_losses, repack
+from .packing import is_packed, per_sequence_losses, repack, sequence_count
 from .rows import select_rows, trim_padding
-from .selection import Ranking, Selected, adaptive_k, resolve_k, selection_rule
+from .perturbation import Perturbation
+from .rules import PLAIN_STEP, StepRule, step_rule
+from .schedule import SamSchedule
+from .selection import Ranking, Selected, SelectionRule, adaptive_k, resolve_k, selection_rule
 from .sharpness import ascent_gradient, ascent_norm, gradient_to_epsilon_, weights_at_w_plus_e
 from .statistics import StepStatistics
 
@@ -41,16 +46,6 @@ class RankedBatch:
 
     ranking: Ranking
     loss: Optional[torch.Tensor]
-
-
-@dataclass
-class Ascent:
-    """The ascent pass: e (None when not applied) for the parameters it moves, and the kept loss."""
-
-    params: list[nn.Parameter]
-    epsilon: Optional[list[torch.Tensor]]
-    loss: torch.Tensor
-    per_example: tuple[torch.Tensor, torch.Tensor]
 
 
 class SharpnessAwareStepMixin:
@@ -77,6 +72,11 @@ class SharpnessAwareStepMixin:
         self.current_gradient_accumulation_steps = 1  # the training loop sets it; direct calls need it
         self.sam_statistics = StepStatistics()
         self.selection = selection_rule(self.args.ksam_selection, self.args.ksam_uniform_mix)
+        self.rule: Optional[StepRule] = None if self.args.sam_mode == "none" else \
+            step_rule(self.args.sam_mode, self.selection)
+        self.schedule = SamSchedule(self.args.sam_every_n_steps, self.args.sam_step_share,
+                                    self.args.sam_start_fraction, self.args.seed)
+        self._micro_batch = 0  # index of the micro-batch within the optimizer step
         self._check_sam_setup()
         if self.model is not None:
             self._setup_head(self.model)
@@ -167,24 +167,28 @@ class SharpnessAwareStepMixin:
             self.optimizer.train()
         inputs = self._with_decoder_inputs(model, self._prepare_inputs(inputs))
 
-        ranked, selected = None, None
-        ascent_rows = descent_rows = inputs  # SAM: the whole batch
-        if self.args.sam_mode == "ksam":
+        rule = self.rule if self.schedule.perturbs(self.state.global_step, self.state.max_steps) else PLAIN_STEP
+        self.sam_statistics.add_step(rule is not PLAIN_STEP)
+        ranked = None
+        if rule.needs_ranking:
             with record_function("ksam/rank"):
                 ranked = self.rank_batch(model, inputs)
-                selected = self._select(ranked.ranking)
-                if selected is None:  # no example in this micro-batch has a label
-                    self._join_other_processes(model, inputs)
-                    self._finish_micro_batch(0.0)
-                    return self._logged_loss(ranked, None)
-                ascent_rows = self._rows(inputs, selected.ascent, ranked.ranking.counts.numel())
-                descent_rows = ascent_rows if selected.descent is selected.ascent else \
-                    self._rows(inputs, selected.descent, ranked.ranking.counts.numel())
+        selected = self._select(rule.rows, ranked, inputs)
+        if selected is False:  # no example in this micro-batch has a label
+            self._join_other_processes(model, inputs)
+            self._finish_micro_batch(0.0)
+            return self._logged_loss(ranked, None, torch.zeros(()))
+        batch_size = None if selected is None else self._batch_size(inputs, ranked)
+        ascent_rows = descent_rows = inputs  # the whole batch
+        if selected is not None:
+            ascent_rows = self._rows(inputs, selected.ascent, batch_size)
+            descent_rows = ascent_rows if selected.descent is selected.ascent else \
+                self._rows(inputs, selected.descent, batch_size)
         with record_function("ksam/ascent"):
-            ascent = self._ascend(model, ascent_rows)
-        with weights_at_w_plus_e(ascent.params, ascent.epsilon), record_function("ksam/descent"):
-            self._descend(model, descent_rows, selected)
-        return self._logged_loss(ranked, ascent)
+            perturbation = rule.direction.perturbation(self, model, ascent_rows)
+        with weights_at_w_plus_e(perturbation.params, perturbation.epsilon), record_function("ksam/descent"):
+            descent_loss = self._descend(model, descent_rows, selected)
+        return self._logged_loss(ranked, perturbation if selected is None else None, descent_loss)
 
     def rank_batch(self, model: nn.Module, inputs: dict[str, Any]) -> RankedBatch:
         """Each example's loss, from a forward pass without gradients (in eval mode unless
@@ -208,18 +212,46 @@ class SharpnessAwareStepMixin:
         labels = inputs.get("labels")
         return self._single_label and not (torch.is_tensor(labels) and labels.dtype not in (torch.long, torch.int))
 
-    def _select(self, ranking: Ranking) -> Optional[Selected]:
-        """Apply the selection rule to a ranked batch (None if no example has a label)."""
+    def _select(self, rule: Optional[SelectionRule], ranked: Optional[RankedBatch],
+                inputs: dict[str, Any]) -> Union[Selected, None, bool]:
+        """Apply the selection rule: its `Selected`, None for the whole batch (no rule), False when no
+        example has a label. A rule without a ranking pass sees the label counts read from the inputs."""
+        if rule is None:
+            return None
+        ranking = ranked.ranking if ranked is not None else self._unranked(inputs)
         labelled = int(ranking.labelled.sum())
         if labelled == 0:
             self.sam_statistics.empty += 1
-            return None
+            return False
         k = resolve_k(self.args.ksam_k, ranking.counts.numel())
         if self.args.ksam_loss_share is not None:
             k = adaptive_k(ranking, self.args.ksam_loss_share, floor=k)
-        selected = self.selection.select(ranking, min(k, labelled))
+        selected = rule.select(ranking, min(k, labelled), self._step_generator() if rule.seeded_by_step else None)
         self.sam_statistics.last_selected = selected
         return selected
+
+    def _unranked(self, inputs: dict[str, Any]) -> Ranking:
+        """The batch's label counts without a forward pass (every example counted as labelled where
+        only the loss could tell), with scores of zero."""
+        counts = None if is_packed(inputs) or self._user_loss else label_counts(inputs, self._head)
+        if counts is None:
+            counts = torch.ones(sequence_count(inputs) if is_packed(inputs) else self._batch_size(inputs, None))
+        return Ranking(torch.zeros_like(counts), counts)
+
+    @staticmethod
+    def _batch_size(inputs: dict[str, Any], ranked: Optional[RankedBatch]) -> int:
+        """Examples in the micro-batch: as ranked, else the rows (packed: the sequences) of its inputs."""
+        if ranked is not None:
+            return ranked.ranking.counts.numel()
+        if is_packed(inputs):
+            return sequence_count(inputs)
+        return next(len(v) for v in inputs.values() if torch.is_tensor(v) and v.dim() > 0)
+
+    def _step_generator(self) -> torch.Generator:
+        """A generator seeded by the run's seed, the optimizer step, the micro-batch and the process:
+        draws that differ per micro-batch and process, and that a resumed run repeats."""
+        key = [self.args.seed, self.state.global_step, self._micro_batch, self.accelerator.process_index]
+        return torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
 
     def _rows(self, inputs: dict[str, Any], indices: torch.Tensor, batch_size: int) -> dict[str, Any]:
         """The examples `indices` of the batch: its rows without the padding none of them uses, or
@@ -233,7 +265,7 @@ class SharpnessAwareStepMixin:
             rows = trim_padding(rows, decoder_labels=self._head == "seq2seq_lm")
         return rows
 
-    def _ascend(self, model: nn.Module, rows: dict[str, Any]) -> Ascent:
+    def _ascend(self, model: nn.Module, rows: dict[str, Any]) -> Perturbation:
         """The ascent gradient of the rows' mean loss, turned into e (not yet applied).
 
         Taken without gradient sync and beside `p.grad` (earlier accumulation micro-batches stay
@@ -261,11 +293,11 @@ class SharpnessAwareStepMixin:
         if math.isfinite(norm) and self.args.sam_rho > 0:
             epsilon = gradient_to_epsilon_(grads, moved, self.args.sam_rho, norm, self.args.sam_adaptive)
             self.sam_statistics.perturbed_elements = sum(e.numel() for e in epsilon)
-        return Ascent(moved, epsilon, loss.detach(), (sums.detach(), counts.detach()))
+        return Perturbation(moved, epsilon, loss.detach(), (sums.detach(), counts.detach()))
 
-    def _descend(self, model: nn.Module, rows: dict[str, Any], selected: Optional[Selected]) -> None:
+    def _descend(self, model: nn.Module, rows: dict[str, Any], selected: Optional[Selected]) -> torch.Tensor:
         """Backward of the descent loss (see `Selected`) into `p.grad`, as a running mean over the
-        accumulated micro-batches' items."""
+        accumulated micro-batches' items. Returns the rows' mean loss (detached)."""
         _, (sums, counts) = self._forward(model, rows)
         if selected is None or selected.descent_weights is None:
             loss_sum = sums.sum()
@@ -280,18 +312,28 @@ class SharpnessAwareStepMixin:
                 torch._foreach_mul_(existing, previous / total)
         self.accelerator.backward(loss_sum / max(total, 1.0))
         self._finish_micro_batch(items)
+        return (sums.sum() / counts.sum().clamp_min(1)).detach()
 
-    def _logged_loss(self, ranked: Optional[RankedBatch], ascent: Optional[Ascent]) -> torch.Tensor:
-        """The loss the Trainer logs: the whole micro-batch's mean loss at w (K-SAM: from the
-        ranking pass; SAM: from the ascent pass), scaled as the Trainer scales its own."""
-        loss = ranked.loss if ranked is not None else ascent.loss
+    def _logged_loss(self, ranked: Optional[RankedBatch], whole_batch_ascent: Optional[Perturbation],
+                     descent_loss: torch.Tensor) -> torch.Tensor:
+        """The loss the Trainer logs, scaled as the Trainer scales its own: the whole micro-batch's mean
+        loss at w where a pass measured it (the ranking pass; SAM's ascent pass; a plain step's
+        descent), else the descent rows' loss at w + e (random_ascent, momentum, random_direction)."""
+        if ranked is not None:
+            loss = ranked.loss
+        elif whole_batch_ascent is not None and whole_batch_ascent.loss is not None:
+            loss = whole_batch_ascent.loss
+        else:
+            loss = descent_loss
         return loss.to(self.args.device) / (self.current_gradient_accumulation_steps or 1)
 
     def _finish_micro_batch(self, items: float) -> None:
         if self.accelerator.sync_gradients:
             self._accumulated_items = 0.0
+            self._micro_batch = 0
         else:
             self._accumulated_items += items
+            self._micro_batch += 1
 
     def _join_other_processes(self, model: nn.Module, inputs: dict[str, Any]) -> None:
         """Take part, with zero gradients, in what the other processes all-reduce in this step.
@@ -332,6 +374,11 @@ class SharpnessAwareStepMixin:
         if self._head == "causal_lm" and not self._user_loss:
             # Training needs no cache, and with one the models would not separate packed sequences.
             inputs = {**inputs, "use_cache": False}
+        if with_labels and self._head is not None and not self._user_loss:
+            # The model's own loss `view`s its labels: rows cut out of a batch (no ranking pass came
+            # first to make the check on the whole batch) are not contiguous.
+            return {k: v.contiguous() if k in label_keys(self._head) and torch.is_tensor(v) else v
+                    for k, v in inputs.items()}
         if self._head is None or self._user_loss or with_labels:
             return inputs
         dropped = label_keys(self._head)
@@ -365,6 +412,7 @@ class SharpnessAwareStepMixin:
         # The loop starts from zeroed gradients; a step that failed part-way (out of memory, which
         # `auto_find_batch_size` answers by restarting this loop) must not leave its count behind.
         self._accumulated_items = 0.0
+        self._micro_batch = 0
         return super()._inner_training_loop(*args, **kwargs)
 
     # ----------------------------------------------------------------------------- logging

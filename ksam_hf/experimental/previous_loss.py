@@ -22,7 +22,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..config import KSAMConfig
 from ..selection import Ranking
-from ..trainer import Ascent, KSAMTrainer, RankedBatch
+from ..perturbation import Perturbation
+from ..trainer import KSAMTrainer, RankedBatch
 
 LOSS_MEMORY_FILE = "ksam_loss_memory_{}.pt"
 """Checkpoint file (per process) of the remembered losses."""
@@ -144,7 +145,7 @@ class PreviousLossKSAMTrainer(KSAMTrainer):
         self.loss_memory.update(ids, relative_losses(ranked.ranking.scores, ranked.ranking.labelled))
         return ranked
 
-    def _ascend(self, model: nn.Module, rows: dict[str, Any]) -> Ascent:
+    def _ascend(self, model: nn.Module, rows: dict[str, Any]) -> Perturbation:
         """The ascent; after a batch ranked from memory, refresh the kept examples' scores and
         estimate the batch's loss from them."""
         ascent = super()._ascend(model, rows)
@@ -157,10 +158,11 @@ class PreviousLossKSAMTrainer(KSAMTrainer):
             self._estimated_loss = estimated_batch_loss(losses, scores)
         return ascent
 
-    def _logged_loss(self, ranked: Optional[RankedBatch], ascent: Optional[Ascent]) -> torch.Tensor:
+    def _logged_loss(self, ranked: Optional[RankedBatch], whole_batch_ascent: Optional[Perturbation],
+                     descent_loss: torch.Tensor) -> torch.Tensor:
         if ranked is not None and ranked.loss is None:
             return self._estimated_loss.to(self.args.device) / (self.current_gradient_accumulation_steps or 1)
-        return super()._logged_loss(ranked, ascent)
+        return super()._logged_loss(ranked, whole_batch_ascent, descent_loss)
 
     def _model_inputs(self, inputs: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         inputs = super()._model_inputs(inputs, **kwargs)

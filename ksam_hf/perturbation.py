@@ -1,0 +1,139 @@
+"""Where a step's perturbation e comes from: one small class per source.
+
+The training step asks its `Direction` for e once per micro-batch and descends at w + e. SAM and
+K-SAM take e from an ascent gradient of some rows (`AscentGradient`, the step's `_ascend`);
+Momentum-SAM from the base optimizer's first moment, at no extra pass (`OptimizerMomentum`); the
+control from a seeded Gaussian draw (`RandomDirection`); a scheduled plain step from nothing
+(`NoPerturbation`). A new source is one subclass; the step does not change.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from .sharpness import ascent_norm
+
+if TYPE_CHECKING:
+    from .trainer import SharpnessAwareStepMixin
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Perturbation:
+    """e (None: the descent runs at w) for the parameters it moves, and the ascent pass's loss at w
+    (None when no pass measured it) with its per-example sums and counts."""
+
+    params: list[nn.Parameter]
+    epsilon: Optional[list[torch.Tensor]]
+    loss: Optional[torch.Tensor] = None
+    per_example: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+
+
+class Direction(ABC):
+    """A source of e. `needs_ascent_rows`: whether it runs a pass on the rule's ascent rows."""
+
+    needs_ascent_rows: bool = False
+
+    @abstractmethod
+    def perturbation(self, step: "SharpnessAwareStepMixin", model: nn.Module,
+                     ascent_rows: Optional[dict[str, Any]]) -> Perturbation:
+        """e for this micro-batch (not yet applied)."""
+
+
+def trainable(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+class NoPerturbation(Direction):
+    """A plain step of the base optimizer (a step the SAM schedule leaves unperturbed)."""
+
+    def perturbation(self, step, model, ascent_rows) -> Perturbation:
+        return Perturbation([], None)
+
+
+class AscentGradient(Direction):
+    """SAM's e = rho g / ||g|| (ASAM: rho w^2 g / ||w g||), g the gradient of the ascent rows' mean
+    loss: one more forward and backward, on the rows the selection rule gives (SAM: the batch)."""
+
+    needs_ascent_rows = True
+
+    def perturbation(self, step, model, ascent_rows) -> Perturbation:
+        return step._ascend(model, ascent_rows)
+
+
+class OptimizerMomentum(Direction):
+    """Momentum-SAM (Becker et al. 2024, arXiv 2401.12033): e = -rho m / ||m||, m the base optimizer's
+    first moment (AdamW's `exp_avg`, SGD's `momentum_buffer`), ||m|| global over the trainable
+    parameters. No ascent pass: the step costs one forward and backward.
+
+    The sign is the authors' (their Algorithm 1, and their AdamW code, subtract the momentum): m
+    averages past gradients, so w - rho m / ||m|| lies ahead along the path the optimizer is taking,
+    and the authors report that the gradient there carries SAM's sharpness signal, while a step
+    against the path (+m) does not. m is the optimizer's state before this step's update, the same
+    for every micro-batch of an accumulated step and on every process.
+
+    Before the optimizer holds state (the first step) the step is plain. An optimizer that keeps no
+    first moment (SGD without momentum, Adafactor without beta1) gives plain steps, with one
+    warning naming it, from the second step on.
+    """
+
+    MOMENT_KEYS = ("exp_avg", "momentum_buffer")
+
+    def __init__(self) -> None:
+        self._warned = False
+
+    def perturbation(self, step, model, ascent_rows) -> Perturbation:
+        params = trainable(model)
+        state = step.optimizer.state if step.optimizer is not None else {}
+        moments = [self._moment(state.get(p, {})) for p in params]
+        moved = [(p, m) for p, m in zip(params, moments) if m is not None]
+        if not moved:
+            if (step.state.global_step > 0 or any(state.get(p) for p in params)) and not self._warned:
+                self._warned = True
+                logger.warning(f"sam_mode='momentum': {type(getattr(step.optimizer, 'optimizer', step.optimizer)).__name__} "
+                               "keeps no first moment (exp_avg / momentum_buffer): every step is a plain step. Use "
+                               "AdamW or SGD with momentum, or another sam_mode.")
+            return Perturbation([], None)
+        params, moments = [p for p, _ in moved], [m for _, m in moved]
+        norm = float(ascent_norm(moments, params, adaptive=False))
+        if not norm > 0 or step.args.sam_rho == 0:
+            return Perturbation([], None)
+        epsilon = torch._foreach_mul(moments, -step.args.sam_rho / norm)
+        return Perturbation(params, [e.to(p.dtype) for e, p in zip(epsilon, params)])
+
+    @classmethod
+    def _moment(cls, state: dict) -> Optional[torch.Tensor]:
+        for key in cls.MOMENT_KEYS:
+            value = state.get(key)
+            if torch.is_tensor(value):
+                return value
+        return None
+
+
+class RandomDirection(Direction):
+    """The control: e = rho z / ||z||, z standard Gaussian per element, drawn from a generator seeded
+    by the run's seed and the optimizer step (the same draw on every process and every micro-batch
+    of a step, and after a resume). One forward and backward: is it the direction that matters?"""
+
+    def perturbation(self, step, model, ascent_rows) -> Perturbation:
+        params = trainable(model)
+        if not params or step.args.sam_rho == 0:
+            return Perturbation([], None)
+        seed = int(np.random.SeedSequence([step.args.seed, step.state.global_step, 0x5A4D]).generate_state(1)[0])
+        generators: dict[torch.device, torch.Generator] = {}
+        epsilon = []
+        for p in params:
+            if p.device not in generators:
+                generators[p.device] = torch.Generator(device=p.device).manual_seed(seed)
+            epsilon.append(torch.randn(p.shape, generator=generators[p.device], device=p.device, dtype=torch.float32))
+        norm = float(ascent_norm(epsilon, params, adaptive=False))
+        torch._foreach_mul_(epsilon, step.args.sam_rho / norm)
+        return Perturbation(params, [e.to(p.dtype) for e, p in zip(epsilon, params)])
