@@ -97,10 +97,10 @@ def summarise(methods: list[MethodRunner], times: dict[str, list[float]], faults
                "page_faults": median(faults[name]),
                "bound_page_faults": median(faults[bound]) if has_bound else ""}
         checks = []
-        if m.mode == "ksam" and has_bound:
+        if m.mode in ("ksam", "momentum", "random_direction") and has_bound:
             checks.append(("measured/bound", row["measured_over_bound"], BOUND_LIMIT))
         if m.mode == "ksam" and math.isclose(m.k, KSAM_VS_ADAMW_K):
-            descends_on_batch = runner.trainer.args.ksam_selection == "top_k_ascent"
+            descends_on_batch = runner.trainer.args.ksam_selection in ("top_k_ascent", "random_ascent")
             checks.append(("x AdamW", row["ratio_to_adamw"],
                            TOP_K_ASCENT_VS_ADAMW_LIMIT if descends_on_batch else KSAM_VS_ADAMW_LIMIT))
         if m.mode == "sam":

@@ -48,6 +48,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "previous_loss": {},  # ksam_hf.experimental's PreviousLossKSAMTrainer (its own default: top_k)
 }
 """K-SAM variants: the KSAMConfig fields each changes from the defaults."""
+CHEAP_RULES: dict[str, tuple[str, Optional[float], dict[str, Any]]] = {
+    "random_ascent@0.25": ("ksam", 0.25, {"ksam_selection": "random_ascent"}),
+    "random_ascent@0.125": ("ksam", 0.125, {"ksam_selection": "random_ascent"}),
+    "momentum": ("momentum", None, {}),
+    "random_direction": ("random_direction", None, {}),
+    "sam_every_2": ("sam", None, {"sam_every_n_steps": 2}),
+}
+"""The field's cheap SAMs: name -> (sam_mode, ksam_k, other KSAMConfig fields)."""
 ID_COLUMN = "idx"
 
 
@@ -62,11 +70,13 @@ class Method:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def methods_to_time(ks: list[float], variants: list[str]) -> list[Method]:
-    """AdamW, SAM, K-SAM (loss_sampled) at each k, then the variants at VARIANT_K."""
+def methods_to_time(ks: list[float], variants: list[str], cheap_rules: tuple[str, ...] = ()) -> list[Method]:
+    """AdamW, SAM, K-SAM (loss_sampled) at each k, the variants at VARIANT_K, then the cheap rules."""
     return ([Method("adamw", "none"), Method("sam", "sam")]
             + [Method(f"ksam@{k:g}", "ksam", k, options=KSAM_SELECTION) for k in ks]
-            + [Method(f"ksam@{VARIANT_K:g}+{v}", "ksam", VARIANT_K, v, VARIANTS[v]) for v in variants])
+            + [Method(f"ksam@{VARIANT_K:g}+{v}", "ksam", VARIANT_K, v, VARIANTS[v]) for v in variants]
+            + [Method(name, CHEAP_RULES[name][0], CHEAP_RULES[name][1], options=CHEAP_RULES[name][2])
+               for name in cheap_rules])
 
 
 @dataclass(frozen=True)
@@ -132,6 +142,7 @@ class MethodRunner:
         with region("step/zero_grad"):
             self.model.zero_grad(set_to_none=True)
         self.steps += 1
+        self.trainer.state.global_step += 1  # as the Trainer's loop counts: schedules and draws read it
 
     def kept(self) -> Optional[int]:
         """Rows the trainer kept in its latest step (K-SAM; None otherwise), from its statistics."""
@@ -161,11 +172,13 @@ def without_ids(batch: Batch) -> Batch:
 class BoundRunner:
     """The passes a method cannot avoid, in plain PyTorch, on the method's model and optimizer:
 
-    AdamW: forward + backward over the batch. SAM: two forward + backward over the batch (the first
-    with `torch.autograd.grad`). K-SAM: a ranking (a forward without gradients over the batch, or a
-    memory read), the selection rule, the kept rows cut with `ksam_hf.rows`, then SAM's two passes
-    on them (with `top_k_ascent`, the descent on the whole batch). All: clip, optimizer step, zero
-    the gradients.
+    AdamW, momentum, random_direction: forward + backward over the batch (the perturbation's vector
+    maths is what the library adds). SAM: two forward + backward over the batch (the first with
+    `torch.autograd.grad`); with `sam_every_n_steps` = n, only every n-th step, the others one.
+    K-SAM: a ranking (a forward without gradients over the batch, or a memory read; none for
+    `random_ascent`), the selection rule, the kept rows cut with `ksam_hf.rows`, then SAM's two
+    passes on them (with `top_k_ascent` and `random_ascent`, the descent on the whole batch). All:
+    clip, optimizer step, zero the gradients.
     """
 
     def __init__(self, method: MethodRunner):
@@ -174,6 +187,7 @@ class BoundRunner:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         args = method.trainer.args
         self.mode = args.sam_mode
+        self.every_n_steps, self.steps = args.sam_every_n_steps, 0
         if self.mode == "ksam":
             self.k, self.rank_in_train_mode = args.ksam_k, not args.ksam_rank_without_dropout
             self.rule = selection_rule(args.ksam_selection, args.ksam_uniform_mix)
@@ -185,6 +199,8 @@ class BoundRunner:
         return F.cross_entropy(self._logits(batch), batch["labels"])
 
     def _ranking(self, batch: Batch) -> Ranking:
+        if not self.rule.needs_ranking:  # every row has its label: counts of one, no pass
+            return Ranking(torch.zeros(batch["labels"].shape[0]), torch.ones(batch["labels"].shape[0]))
         if self.method.loss_memory is not None:
             scores = self.method.loss_memory.lookup(batch[ID_COLUMN])
         else:
@@ -200,11 +216,14 @@ class BoundRunner:
     def step(self, batch: Batch) -> None:
         self.model.train()
         ascent_rows = descent_rows = without_ids(batch)
-        if self.mode == "none":
+        self.steps += 1
+        if self.mode in ("none", "momentum", "random_direction") or self.steps % self.every_n_steps:
             self._loss(ascent_rows).backward()
         else:
             if self.mode == "ksam":
-                selected = self.rule.select(self._ranking(batch), resolve_k(self.k, batch["labels"].shape[0]))
+                generator = torch.Generator().manual_seed(self.steps) if self.rule.seeded_by_step else None
+                selected = self.rule.select(self._ranking(batch), resolve_k(self.k, batch["labels"].shape[0]),
+                                            generator)
                 ascent_rows = self._rows(descent_rows, selected.ascent)
                 descent_rows = ascent_rows if selected.descent is selected.ascent else \
                     self._rows(descent_rows, selected.descent)

@@ -13,7 +13,8 @@ examples: the step K-SAM's cost claim is about; the library's default, top_k_asc
 whole batch), and at k = 0.25 the variants +top_k (the paper's rule), +top_k_ascent (the library's
 default: the ascent on the top k, the descent on the whole batch), +dropout_rank (ranking in train
 mode) and +previous_loss (ksam_hf.experimental's trainer, its memory filled first so that every
-batch ranks from memory).
+batch ranks from memory); then the cheap rules (--cheap-rules): random_ascent@0.25 and @0.125,
+momentum, random_direction, sam_every_2 (SAM on every second step; its median is over the mix).
 
 Next to each method a "bound" runs, in plain PyTorch on the same model, optimizer and batch, only
 the passes the method cannot avoid (benchmarks/runners.py says how the bound of K-SAM picks its
@@ -37,6 +38,7 @@ of an earlier run is never replaced without --overwrite. See docs/performance.md
 
     python -m benchmarks.step_time --model minilm --inputs fixed --profile
     python -m benchmarks.step_time --model minilm --inputs rte
+    python -m benchmarks.step_time --model minilm --inputs sst2 --ks 0.25 --variants top_k top_k_ascent
     python -m benchmarks.step_time --model bert-base-shaped --layers 4 --inputs fixed
 """
 
@@ -57,11 +59,17 @@ import torch
 from . import measure, report
 from .common import MIB, MINILM_PATH, MODEL_HELP, MODELS, REPO, Batch, build_model, collate, machine_info, \
     random_examples
-from .runners import KSAM_SELECTION, VARIANT_K, VARIANTS, Method, MethodRunner, TrainerSettings, build_runners, \
+from .runners import CHEAP_RULES, KSAM_SELECTION, VARIANT_K, VARIANTS, Method, MethodRunner, TrainerSettings, build_runners, \
     make_trainer, methods_to_time
 
-RTE_PATH = Path(os.environ.get("KSAM_BENCH_RTE", "/work/shared/glue/RTE/train.tsv"))
-RTE_LABELS = {"entailment": 0, "not_entailment": 1}
+GLUE_BATCHES = {
+    # --inputs: (train file, text columns, label column, label ids)
+    "rte": (Path(os.environ.get("KSAM_BENCH_RTE", "/work/shared/glue/RTE/train.tsv")), ("sentence1", "sentence2"),
+            "label", {"entailment": 0, "not_entailment": 1}),
+    "sst2": (Path(os.environ.get("KSAM_BENCH_SST2", "/work/shared/glue/SST-2/train.tsv")), ("sentence",), "label",
+             {"0": 0, "1": 1}),
+}
+"""Real GLUE batches: RTE's sentence pairs (long), SST-2's phrases (short: 13 tokens on average)."""
 DEFAULT_OUTPUT_DIR = REPO / "runs" / "benchmarks"
 
 
@@ -71,8 +79,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", choices=MODELS, default="minilm", help=MODEL_HELP)
     p.add_argument("--layers", type=int, default=4, help="layers of bert-base-shaped (BERT-base has 12)")
-    p.add_argument("--inputs", choices=["fixed", "rte"], default="fixed",
-                   help="fixed: random token ids, batch-size x seq-len, every position attended; rte: GLUE RTE "
+    p.add_argument("--inputs", choices=["fixed", *GLUE_BATCHES], default="fixed",
+                   help="fixed: random token ids, batch-size x seq-len, every position attended; sst2: GLUE "
+                        "SST-2 train batches (short phrases), as rte below; rte: GLUE RTE "
                         "train batches, MiniLM tokenizer, truncated to seq-len, dynamic padding")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--steps", type=int, default=30, help="timed rounds (one step of every runner per round)")
@@ -86,6 +95,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         "ksam_rank_without_dropout=False), and ranking by remembered losses (previous_loss: "
                         "ksam_hf.experimental's PreviousLossKSAMTrainer; every example has a remembered loss, "
                         "so the step skips the ranking forward pass)")
+    p.add_argument("--cheap-rules", nargs="*", default=list(CHEAP_RULES), choices=list(CHEAP_RULES),
+                   help="also time the field's cheap SAMs: random_ascent at k = 1/4 and 1/8 (no ranking pass), "
+                        "momentum (Momentum-SAM), random_direction (the control), SAM on every 2nd step")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--rho", type=float, default=0.05)
@@ -114,16 +126,17 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 
 # ----------------------------------------------------------------------------------------- batches
-def rte_batches(batch_size: int, seq_len: int, seed: int, count: int) -> list[Batch]:
-    """The first `count` batches of GLUE RTE train in a seeded shuffle (fewer if one epoch has
-    fewer), tokenized with the MiniLM tokenizer, truncated to seq-len, padded to each batch's
-    longest row."""
+def glue_batches(task: str, batch_size: int, seq_len: int, seed: int, count: int) -> list[Batch]:
+    """The first `count` batches of a GLUE task's train file (`GLUE_BATCHES`) in a seeded shuffle
+    (fewer if one epoch has fewer), tokenized with the MiniLM tokenizer, truncated to seq-len, padded
+    to each batch's longest row."""
     from transformers import AutoTokenizer, DataCollatorWithPadding
 
-    with open(RTE_PATH, newline="", encoding="utf-8") as f:
+    path, texts, label, label_ids = GLUE_BATCHES[task]
+    with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     header, rows = rows[0], rows[1:]
-    col = {name: header.index(name) for name in ("sentence1", "sentence2", "label")}
+    col = {name: header.index(name) for name in (*texts, label)}
     tokenizer = AutoTokenizer.from_pretrained(str(MINILM_PATH))
     collator = DataCollatorWithPadding(tokenizer)
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).tolist()
@@ -131,9 +144,8 @@ def rte_batches(batch_size: int, seq_len: int, seed: int, count: int) -> list[Ba
     batches = []
     for b in range(min(count, per_epoch)):
         chosen = [rows[i] for i in order[b * batch_size:(b + 1) * batch_size]]
-        encoded = tokenizer([r[col["sentence1"]] for r in chosen], [r[col["sentence2"]] for r in chosen],
-                            truncation=True, max_length=seq_len)
-        features = [{key: encoded[key][i] for key in encoded} | {"labels": RTE_LABELS[r[col["label"]]]}
+        encoded = tokenizer(*[[r[col[text]] for r in chosen] for text in texts], truncation=True, max_length=seq_len)
+        features = [{key: encoded[key][i] for key in encoded} | {"labels": label_ids[r[col[label]]]}
                     for i, r in enumerate(chosen)]
         batches.append(dict(collator(features)))
     return batches
@@ -147,7 +159,7 @@ def make_batches(args: argparse.Namespace, vocab_size: int, device: torch.device
         batches = [collate(random_examples(args.batch_size, args.seq_len, vocab_size, args.seed + i,
                                            varied_lengths=False)) for i in range(min(count, 16))]
     else:
-        batches = rte_batches(args.batch_size, args.seq_len, args.seed, count)
+        batches = glue_batches(args.inputs, args.batch_size, args.seq_len, args.seed, count)
     size = args.batch_size
     return [{**{k: v.to(device) for k, v in b.items()}, "idx": torch.arange(i * size, (i + 1) * size, device=device)}
             for i, b in enumerate(batches)]
@@ -192,7 +204,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="ksam_bench_") as trainer_dir:
         settings = TrainerSettings(rho=args.rho, seed=args.seed, batch_size=args.batch_size,
                                    use_cpu=args.device == "cpu", output_dir=trainer_dir)
-        methods, bounds = build_runners(methods_to_time(args.ks, args.variants), base, device, settings, batches,
+        methods, bounds = build_runners(methods_to_time(args.ks, args.variants, tuple(args.cheap_rules)), base, device, settings, batches,
                                         with_bounds=not args.no_bound)
         del base
         runners = methods + bounds

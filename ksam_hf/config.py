@@ -11,6 +11,7 @@ from transformers import Seq2SeqTrainingArguments, TrainingArguments
 from .selection import SELECTION_RULES
 
 SAM_MODES = ("ksam", "sam", "momentum", "random_direction", "none")
+RANK_DTYPES = ("float32", "bfloat16")
 TRUE_TEXTS, FALSE_TEXTS = ("true", "yes", "1"), ("false", "no", "0")
 
 
@@ -68,6 +69,11 @@ class KSAMConfig(TrainingArguments):
             Run K-SAM's ranking pass in eval mode: no dropout, so each example is ranked by its loss
             rather than a noisy draw of it, and the pass is cheaper. Ascent and descent still run in
             train mode. `False` ranks in train mode, as the paper does.
+        ksam_rank_dtype (`str`, *optional*, defaults to `"float32"`):
+            `"bfloat16"` runs K-SAM's ranking pass under bf16 autocast, where the device computes in
+            bf16 (CUDA with bf16 support; a CPU with AVX-512 bf16 or AMX: elsewhere a one-line warning
+            and fp32); only the ranking, whose losses merely order the examples. How often the kept
+            set differs from fp32's, and what it saves: `docs/performance.md`.
         sam_sync_ascent (`bool`, *optional*, defaults to `False`):
             Multi-process training only: average the ascent gradient across processes before
             perturbing, so that every process uses the same perturbation (one all-reduce of the
@@ -122,6 +128,10 @@ class KSAMConfig(TrainingArguments):
         default=False,
         metadata={"help": "Average the ascent gradient across processes (one shared perturbation)."},
     )
+    ksam_rank_dtype: str = field(
+        default="float32",
+        metadata={"help": "Precision of K-SAM's ranking pass: 'float32' or 'bfloat16' (autocast, where the device "
+                          "has bf16).", "choices": list(RANK_DTYPES)})
     sam_every_n_steps: int = field(
         default=1, metadata={"help": "Scheduled SAM: perturb every n-th optimizer step only (>= 1)."})
     sam_step_share: float = field(
@@ -209,6 +219,8 @@ def validate_sam_fields(args: KSAMConfig) -> None:
         args.ksam_loss_share = share(args.ksam_loss_share, "ksam_loss_share", zero_allowed=False)
     for name in ("sam_adaptive", "ksam_rank_without_dropout", "sam_sync_ascent"):
         setattr(args, name, as_bool(name, getattr(args, name)))
+    if args.ksam_rank_dtype not in RANK_DTYPES:
+        raise ValueError(f"`ksam_rank_dtype`={args.ksam_rank_dtype!r} is unknown: use one of {', '.join(RANK_DTYPES)}.")
     if args.ksam_selection == "random_ascent" and args.sam_mode != "ksam":
         raise ValueError(f"`ksam_selection`='random_ascent' needs `sam_mode`='ksam' (got {args.sam_mode!r}): it picks "
                          "K-SAM's ascent rows. Set sam_mode='ksam', or drop ksam_selection.")

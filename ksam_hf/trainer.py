@@ -7,10 +7,13 @@ scheduling, logging and checkpointing, so every Trainer feature keeps working.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
+import numpy as np
 import torch
 from torch import nn
 from torch.profiler import record_function
@@ -18,8 +21,6 @@ from transformers import Seq2SeqTrainer, Trainer, TrainingArguments
 
 from .checks import check_finite_weights, check_model_loss, check_per_example_losses, own_and_standard_loss
 from .config import KSAMConfig, KSAMSeq2SeqConfig
-import numpy as np
-
 from .per_example_loss import (TOKEN_LEVEL_HEADS, PerExampleLoss, head_kind, label_counts, label_keys,
                                mean_max_probability, per_example_loss_for)
 from .packing import is_packed, per_sequence_losses, repack, sequence_count
@@ -30,6 +31,8 @@ from .schedule import SamSchedule
 from .selection import Ranking, Selected, SelectionRule, adaptive_k, resolve_k, selection_rule
 from .sharpness import ascent_gradient, ascent_norm, gradient_to_epsilon_, weights_at_w_plus_e
 from .statistics import StepStatistics
+
+logger = logging.getLogger(__name__)
 
 EXAMPLE_LEVEL_HEADS = ("sequence_classification", "multiple_choice", "question_answering")
 PADDING_AGNOSTIC_HEADS = TOKEN_LEVEL_HEADS + ("sequence_classification", "multiple_choice")
@@ -195,7 +198,7 @@ class SharpnessAwareStepMixin:
         `ksam_rank_without_dropout=False`). The ranking hook: override to rank otherwise."""
         try:
             model.train(not self.args.ksam_rank_without_dropout)
-            with torch.no_grad():
+            with torch.no_grad(), self._ranking_precision():
                 outputs, (sums, counts) = self._forward(model, inputs)
         finally:
             model.train()
@@ -204,6 +207,21 @@ class SharpnessAwareStepMixin:
         sums, counts = sums.detach().float().cpu(), counts.detach().float().cpu()
         return RankedBatch(Ranking(sums / counts.clamp_min(1), counts),
                            sums.sum() / counts.sum().clamp_min(1))
+
+    def _ranking_precision(self):
+        """bf16 autocast for the ranking pass with `ksam_rank_dtype="bfloat16"` where the device
+        computes in bf16; otherwise (and with a one-line warning, once) fp32."""
+        if self.args.ksam_rank_dtype != "bfloat16":
+            return contextlib.nullcontext()
+        device = self.args.device
+        available = torch.cuda.is_bf16_supported() if device.type == "cuda" else \
+            device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        if not available:
+            if not getattr(self, "_warned_rank_dtype", False):
+                self._warned_rank_dtype = True
+                logger.warning(f"ksam_rank_dtype='bfloat16': {device.type} computes no bf16 here; ranking in float32.")
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
     def _is_single_label(self, inputs: dict[str, Any]) -> bool:
         """Whether the batch is single-label classification, for the health signal. With

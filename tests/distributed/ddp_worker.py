@@ -52,6 +52,12 @@ CONFIGS = {
     "unlabelled_rank_sam_sync": ("token", 27, dict(sam_mode="sam", sam_sync_ascent=True,
                                                    gradient_accumulation_steps=1,
                                                    train_sampling_strategy="sequential")),
+    # SAM schedules, 4 and 6 optimizer steps of 2 micro-batches on each process: every process and
+    # every micro-batch must decide alike (each step's logged share of perturbed micro-batches).
+    "scheduled_ga2": ("seqcls_single", 30, dict(sam_mode="sam", sam_every_n_steps=2, sam_start_fraction=0.25,
+                                                gradient_accumulation_steps=2, max_steps=4)),
+    "step_share_ga2": ("seqcls_single", 31, dict(sam_mode="random_direction", sam_step_share=0.5,
+                                                 gradient_accumulation_steps=2, max_steps=6)),
 }
 
 
@@ -76,10 +82,11 @@ def run(name: str, out: str) -> None:
     _, _, sam = CONFIGS[name]
     model, dataset = dataset_for(name)
     callback = GradientAtStep()
-    args = KSAMConfig(output_dir=os.path.join(out, "trainer_" + name), report_to="none", use_cpu=True,
-                      max_steps=1, per_device_train_batch_size=PER_DEVICE_BATCH, max_grad_norm=0.0,
-                      optim="sgd", learning_rate=LEARNING_RATE, lr_scheduler_type="constant", weight_decay=0.0,
-                      logging_steps=1, save_strategy="no", seed=0, disable_tqdm=True, sam_rho=0.05, **sam)
+    settings = dict(output_dir=os.path.join(out, "trainer_" + name), report_to="none", use_cpu=True,
+                    max_steps=1, per_device_train_batch_size=PER_DEVICE_BATCH, max_grad_norm=0.0,
+                    optim="sgd", learning_rate=LEARNING_RATE, lr_scheduler_type="constant", weight_decay=0.0,
+                    logging_steps=1, save_strategy="no", seed=0, disable_tqdm=True, sam_rho=0.05)
+    args = KSAMConfig(**{**settings, **sam})
     trainer = RecordingTrainer(model=model, args=args, train_dataset=dataset, data_collator=stack,
                                callbacks=[callback])
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

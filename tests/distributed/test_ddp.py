@@ -30,7 +30,7 @@ ROOT = REPO
 WORLD = 2
 RHO = 0.05
 CONFIG_NAMES = ["ksam", "ksam_ga2", "sam_ga2", "ksam_sync", "ksam_sync_ga2", "sync_unused_params"]
-EXTRA_CONFIGS = ["unlabelled_rank_sam_sync"]  # launched with the above, checked by their own tests
+EXTRA_CONFIGS = ["unlabelled_rank_sam_sync", "scheduled_ga2", "step_share_ga2"]  # checked by their own tests
 
 
 def launch(out: Path, configs: list[str], timeout: float) -> subprocess.CompletedProcess:
@@ -221,3 +221,17 @@ def test_sam_sync_ascent_with_a_process_without_labels(ddp_results):
     for (n, got), want in zip(results[0]["grads"].items(), expected):
         if want is not None:
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_schedules_decide_alike_on_every_process_and_micro_batch(ddp_results):
+    """Every 2nd step from a quarter of 4 steps: steps 2 and 4 (counted from 1). A random share of
+    half the steps: whatever the draw, both processes and both micro-batches of a step agree."""
+    for name, expected in (("scheduled_ga2", [0, 1, 0, 1]), ("step_share_ga2", None)):
+        shares = [[log["sam_perturbed_share"] for log in result["log_history"] if "loss" in log]
+                  for result in ddp_results[name]]
+        assert shares[0] == shares[1], name
+        assert all(share in (0, 1) for share in shares[0]), name
+        if expected is not None:
+            assert shares[0] == expected
+        else:
+            assert len(shares[0]) == 6 and 0 < sum(shares[0]) < 6

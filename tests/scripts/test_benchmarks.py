@@ -20,7 +20,8 @@ from benchmarks import step_time
 from benchmarks.measure import LIBRARY_PHASES
 
 METHODS = ["adamw", "sam", "ksam@0.1", "ksam@0.25", "ksam@0.5", "ksam@0.25+top_k", "ksam@0.25+top_k_ascent",
-           "ksam@0.25+dropout_rank", "ksam@0.25+previous_loss"]
+           "ksam@0.25+dropout_rank", "ksam@0.25+previous_loss", "random_ascent@0.25", "random_ascent@0.125",
+           "momentum", "random_direction", "sam_every_2"]
 SMOKE = ["--model", "tiny", "--inputs", "fixed", "--steps", "2", "--warmup", "1", "--batch-size", "8",
          "--seq-len", "16", "--threads", "1", "--quiet"]
 
@@ -45,7 +46,7 @@ def test_step_time_benchmark_writes_every_method(tmp_path, restore_threads):
         assert float(r["median_ms"]) > 0
     assert {r["method"]: int(r["k_examples"]) for r in rows if r["mode"] == "ksam"} == {
         "ksam@0.1": 1, "ksam@0.25": 2, "ksam@0.5": 4, "ksam@0.25+top_k": 2, "ksam@0.25+top_k_ascent": 2, "ksam@0.25+dropout_rank": 2,
-        "ksam@0.25+previous_loss": 2}
+        "ksam@0.25+previous_loss": 2, "random_ascent@0.25": 2, "random_ascent@0.125": 1}
 
     with open(tmp_path / "smoke.json") as f:
         saved = json.load(f)
@@ -67,6 +68,9 @@ def test_step_time_benchmark_writes_every_method(tmp_path, restore_threads):
     assert methods["ksam@0.25+top_k_ascent"]["ksam_selection"] == "top_k_ascent"
     limits = {t["method"]: t["limit"] for t in saved["targets"] if t["target"].startswith("x AdamW")}
     assert limits["ksam@0.25+top_k_ascent"] > 1 > limits["ksam@0.25"]  # its descent is on the whole batch
+    assert limits["random_ascent@0.25"] > 1  # so is random_ascent's
+    assert methods["random_ascent@0.125"]["ksam_selection"] == "random_ascent"
+    assert methods["momentum"]["sam_mode"] == "momentum" and methods["random_direction"]["sam_mode"] == "random_direction"
     assert methods["ksam@0.25+dropout_rank"]["ksam_rank_without_dropout"] is False
     previous = methods["ksam@0.25+previous_loss"]
     assert previous["ranked_from_memory"] == previous["steps"] == 2 + 1 + 1  # warm-up, timed, memory step

@@ -281,7 +281,31 @@ def test_save_and_resume_are_exact(sam, tmp_path):
     (dict(sam_start_fraction=1.0), r"`sam_start_fraction`=1.0 must be in \[0, 1\)"),
     (dict(sam_start_fraction=-0.1), r"`sam_start_fraction`=-0.1 must be in \[0, 1\)"),
     (dict(sam_mode="sam", ksam_selection="random_ascent"), r"`ksam_selection`='random_ascent' needs `sam_mode`='ksam'"),
+    (dict(ksam_rank_dtype="float16"), r"`ksam_rank_dtype`='float16' is unknown: use one of float32, bfloat16"),
 ])
 def test_bad_schedule_settings_are_refused_in_one_line(sam, match, make_config):
     with pytest.raises(ValueError, match=match):
         make_config(**sam)
+
+
+# ----------------------------------------------------------------------------- bf16 ranking
+def test_bf16_ranking_runs_only_the_ranking_pass_under_autocast(make_trainer, monkeypatch, caplog):
+    model, batch = make_case("seqcls_single", seed=18)
+    autocast = []
+    model.register_forward_pre_hook(lambda module, args: autocast.append(
+        (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))))
+    trainer = make_trainer(model, sam_mode="ksam", ksam_selection="top_k_ascent", ksam_rank_dtype="bfloat16")
+    bf16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    step(trainer, model, batch)
+    assert [enabled for enabled, _ in autocast] == [bf16, False, False]  # rank, ascent, descent
+    if bf16:
+        assert autocast[0][1] == torch.bfloat16
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)  # a CPU without bf16
+    autocast.clear()
+    fallback = make_trainer(model, sam_mode="ksam", ksam_selection="top_k_ascent", ksam_rank_dtype="bfloat16")
+    with caplog.at_level(logging.WARNING, logger="ksam_hf.trainer"):
+        step(fallback, model, batch)
+        step(fallback, model, batch)
+    assert [enabled for enabled, _ in autocast] == [False] * 6
+    assert [r.getMessage() for r in caplog.records if "ksam_rank_dtype" in r.getMessage()] == [
+        "ksam_rank_dtype='bfloat16': cpu computes no bf16 here; ranking in float32."]
