@@ -96,3 +96,19 @@ def test_step_time_refuses_to_overwrite_an_earlier_run(tmp_path):
 def test_step_time_writes_outside_the_committed_results_by_default():
     output_dir = step_time.parse_args([]).output_dir
     assert output_dir == Path(step_time.__file__).resolve().parents[1] / "runs" / "benchmarks"
+
+
+@pytest.mark.slow
+def test_rank_dtype_benchmark_compares_the_kept_sets(tmp_path, restore_threads):
+    from benchmarks import rank_dtype
+    from benchmarks.common import MINILM_PATH
+
+    if not (MINILM_PATH / "config.json").is_file() or not step_time.GLUE_BATCHES["sst2"][0].is_file():
+        pytest.skip("needs ../shared's MiniLM and SST-2")
+    torch.set_num_threads(1)
+    result = rank_dtype.main(["--inputs", "sst2", "--batch-size", "8", "--train-steps", "1", "--batches", "2",
+                              "--output", str(tmp_path / "rank.json")])
+    assert json.loads((tmp_path / "rank.json").read_text()) == json.loads(json.dumps(result))
+    assert result["k"] == 2 and result["batches"] == 2
+    assert 0 <= result["mean_share_of_kept_differing"] <= 1 and 0 <= result["share_of_batches_identical"] <= 1
+    assert all(value > 0 for value in result["median_ms"].values())
