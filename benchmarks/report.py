@@ -77,6 +77,7 @@ def summarise(methods: list[MethodRunner], times: dict[str, list[float]], faults
     SAM within SAM_VS_ADAMW_LIMIT x AdamW; SAM and K-SAM within AdamW's peak memory plus one copy
     of the trainable parameters."""
     med = {name: median(values) for name, values in times.items()}
+    paired = paired_ratios(times)
     adamw, adamw_peak = med["adamw"], peaks["adamw"]
     rows, targets = [], []
     for runner in methods:
@@ -87,6 +88,10 @@ def summarise(methods: list[MethodRunner], times: dict[str, list[float]], faults
                "k_examples": batch_size if kept is None else kept,
                "median_ms": 1e3 * med[name], "p25_ms": 1e3 * quantile(times[name], 0.25),
                "p75_ms": 1e3 * quantile(times[name], 0.75), "ratio_to_adamw": med[name] / adamw,
+               # per round (the same batch for every runner), then the median and the mean over rounds:
+               # steadier than the ratio of medians when the batches' lengths vary, and the mean is the
+               # cost of a rule whose steps alternate (SAM on every 2nd step)
+               "paired_ratio_to_adamw": paired[name][0], "mean_paired_ratio_to_adamw": paired[name][1],
                "bound_ms": 1e3 * med[bound] if has_bound else "",
                "measured_over_bound": med[name] / med[bound] if has_bound else "",
                "overhead_ms": 1e3 * (med[name] - med[bound]) if has_bound else "",
@@ -120,6 +125,14 @@ def summarise(methods: list[MethodRunner], times: dict[str, list[float]], faults
     return rows, targets
 
 
+def paired_ratios(times: dict[str, list[float]], baseline: str = "adamw") -> dict[str, tuple[float, float]]:
+    """Runner -> (median, mean) over the timed rounds of its step time / the baseline's in the same
+    round (one batch per round for every runner)."""
+    return {name: (median([x / y for x, y in zip(values, times[baseline])]),
+                   sum(x / y for x, y in zip(values, times[baseline])) / len(values))
+            for name, values in times.items()}
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     def fmt(value: Any, spec: str) -> str:
         if isinstance(value, (int, float)):
@@ -128,12 +141,14 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         return format("-", f"<{width}" if spec.startswith("<") else f">{width}")
 
     width = max(10, *(len(r["method"]) for r in rows))
-    head = (f"{'method':<{width}} {'k':>3} {'median ms':>10} {'IQR ms':>15} {'xAdamW':>7} {'bound ms':>9} "
+    head = (f"{'method':<{width}} {'k':>3} {'median ms':>10} {'IQR ms':>15} {'xAdamW':>7} {'paired':>7} "
+            f"{'mean pr':>7} {'bound ms':>9} "
             f"{'/bound':>7} {'peak MiB':>9} {'faults':>7} {'bd flt':>7}  targets")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['method']:<{width}} {r['k_examples']:>3} {fmt(r['median_ms'], '10.1f')} "
                      f"{fmt(r['p25_ms'], '7.1f')}-{fmt(r['p75_ms'], '<7.1f')} {fmt(r['ratio_to_adamw'], '7.3f')} "
+                     f"{fmt(r['paired_ratio_to_adamw'], '7.3f')} {fmt(r['mean_paired_ratio_to_adamw'], '7.3f')} "
                      f"{fmt(r['bound_ms'], '9.1f')} {fmt(r['measured_over_bound'], '7.3f')} "
                      f"{fmt(r['peak_step_mib'], '9.1f')} {fmt(r['page_faults'], '7.0f')} "
                      f"{fmt(r['bound_page_faults'], '7.0f')}  {r['targets']}")
@@ -149,7 +164,8 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 
     by_name = {r["method"]: r for r in rows}
     ksam = sorted((r for r in rows if r["mode"] == "ksam" and not r["variant"]), key=lambda r: r["k"])
-    variants = [r for r in rows if r["variant"]]
+    variants = [r for r in rows if r["variant"] and isinstance(r["k"], float)]
+    without_k = [r for r in rows if r["variant"] and not isinstance(r["k"], float)]  # momentum, ...
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     xs = [r["k"] for r in ksam]
     if ksam:
@@ -161,6 +177,8 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     for i, r in enumerate(variants):
         ax.plot([r["k"]], [r["median_ms"]], marker="sxD^v"[i % 5], linestyle="none", color=f"C{4 + i}",
                 label=f"K-SAM +{r['variant']}")
+    for i, r in enumerate(without_k):
+        ax.axhline(r["median_ms"], color=f"C{(8 + i) % 10}", linestyle="-.", label=r["method"])
     for name, color, label in (("adamw", "C0", "AdamW"), ("sam", "C3", "SAM")):
         r = by_name[name]
         ax.axhline(r["median_ms"], color=color, label=label)
@@ -176,3 +194,20 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m benchmarks.report RUN.json`: the paired ratios of a saved step_time run, per runner
+    (for runs written before the table printed them)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=main.__doc__.split(":")[0])
+    parser.add_argument("run", type=Path, help="a step_time JSON file")
+    times = json.loads(parser.parse_args(argv).run.read_text())["step_times_s"]
+    print(f"{'runner':<32} {'paired x AdamW (median)':>24} {'(mean)':>8}")
+    for name, (middle, mean) in paired_ratios(times).items():
+        print(f"{name:<32} {middle:24.3f} {mean:8.3f}")
+
+
+if __name__ == "__main__":
+    main()

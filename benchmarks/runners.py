@@ -75,7 +75,7 @@ def methods_to_time(ks: list[float], variants: list[str], cheap_rules: tuple[str
     return ([Method("adamw", "none"), Method("sam", "sam")]
             + [Method(f"ksam@{k:g}", "ksam", k, options=KSAM_SELECTION) for k in ks]
             + [Method(f"ksam@{VARIANT_K:g}+{v}", "ksam", VARIANT_K, v, VARIANTS[v]) for v in variants]
-            + [Method(name, CHEAP_RULES[name][0], CHEAP_RULES[name][1], options=CHEAP_RULES[name][2])
+            + [Method(name, CHEAP_RULES[name][0], CHEAP_RULES[name][1], name, CHEAP_RULES[name][2])
                for name in cheap_rules])
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from .sharpness import ascent_norm
 
@@ -133,7 +134,10 @@ class RandomDirection(Direction):
         for p in params:
             if p.device not in generators:
                 generators[p.device] = torch.Generator(device=p.device).manual_seed(seed)
-            epsilon.append(torch.randn(p.shape, generator=generators[p.device], device=p.device, dtype=torch.float32))
+            z = torch.randn(p.shape, generator=generators[p.device], device=p.device, dtype=torch.float32)
+            if isinstance(p, DTensor):  # sharded (FSDP2): every rank drew the whole z; keep its own shard
+                z = distribute_tensor(z, p.device_mesh, p.placements)
+            epsilon.append(z)
         norm = float(ascent_norm(epsilon, params, adaptive=False))
         torch._foreach_mul_(epsilon, step.args.sam_rho / norm)
         return Perturbation(params, [e.to(p.dtype) for e, p in zip(epsilon, params)])

@@ -3,6 +3,11 @@
 Each function works on lists of tensors with `torch._foreach_*` kernels (one launch per list
 rather than a Python loop over parameters) and without autograd. Names: `epsilon` is e (one
 tensor per parameter), `params` the parameters it moves (those with an ascent gradient).
+
+Sharded parameters (FSDP2's DTensors) work too: each rank holds a shard of every parameter and of
+its gradient; the norm is the global one (the shards' squared norms all-reduced, as
+`clip_grad_norm_` does), and e is added to each rank's own shard in place (FSDP2 gathers the
+parameters from those shards for every forward), with a copy of the shard to restore.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from contextlib import contextmanager
 from typing import Iterator, Optional, Sequence
 
 import torch
+from torch.distributed.tensor import DTensor
 from torch.profiler import record_function
 
 Tensors = Sequence[torch.Tensor]
@@ -41,7 +47,8 @@ def ascent_norm(grads: Tensors, params: Tensors, adaptive: bool) -> torch.Tensor
     if adaptive:
         grads = torch._foreach_mul(params, grads)
     norms = torch._foreach_norm(grads, 2)
-    return torch.linalg.vector_norm(torch.stack([n.float() for n in norms]), 2)
+    total = torch.linalg.vector_norm(torch.stack([n.float() for n in norms]), 2)
+    return total.full_tensor() if isinstance(total, DTensor) else total  # sharded: the all-reduced norm
 
 
 @torch.no_grad()
@@ -71,6 +78,10 @@ def weights_at_w_plus_e(params: Sequence[torch.nn.Parameter], epsilon: Optional[
     if epsilon is None:
         yield
         return
+    if any(isinstance(p, DTensor) for p in params):
+        with _sharded_weights_at_w_plus_e(params, epsilon):
+            yield
+        return
     saved = [p.data for p in params]
     try:
         with torch.no_grad():
@@ -84,3 +95,22 @@ def weights_at_w_plus_e(params: Sequence[torch.nn.Parameter], epsilon: Optional[
         with record_function("ksam/restore"):
             for p, original in zip(params, saved):
                 p.data = original
+
+
+@contextmanager
+def _sharded_weights_at_w_plus_e(params: Sequence[torch.nn.Parameter], epsilon: list[torch.Tensor]
+                                 ) -> Iterator[None]:
+    """`weights_at_w_plus_e` for sharded parameters (FSDP2): FSDP2 gathers every forward's weights
+    from the storage of each rank's shard, so e goes into the shards in place, and a copy of each
+    shard (1/N of the weights) puts w back, bit for bit."""
+    shards = [p.to_local() if isinstance(p, DTensor) else p.data for p in params]
+    steps = [e.to_local() if isinstance(e, DTensor) else e for e in epsilon]
+    with torch.no_grad():
+        saved = [shard.clone() for shard in shards]
+    try:
+        with torch.no_grad():
+            torch._foreach_add_(shards, steps)
+        yield
+    finally:
+        with record_function("ksam/restore"), torch.no_grad():
+            torch._foreach_copy_(shards, saved)

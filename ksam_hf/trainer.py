@@ -16,6 +16,7 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 from torch.profiler import record_function
 from transformers import Seq2SeqTrainer, Trainer, TrainingArguments
 
@@ -111,12 +112,22 @@ class SharpnessAwareStepMixin:
                 f"`sam_mode`={self.args.sam_mode!r} cannot train a model split across devices by `device_map` "
                 f"({', '.join(sorted(devices))}): load it on one device (no `device_map`) and use DDP for "
                 "several GPUs, or set `sam_mode='none'`.")
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+        fsdp_version = getattr(getattr(self.accelerator.state, "fsdp_plugin", None), "fsdp_version", 1)
+        if self.is_deepspeed_enabled or (self.is_fsdp_enabled and fsdp_version != 2):
             raise ValueError(
-                f"`sam_mode`={self.args.sam_mode!r} does not support DeepSpeed or FSDP yet: the perturbation "
-                "needs the full (unsharded) weights and gradients on each process. Use DDP "
-                "(`accelerate launch` / `torchrun` without a DeepSpeed or FSDP config), or `sam_mode='none'`."
-            )
+                f"`sam_mode`={self.args.sam_mode!r} does not support DeepSpeed or FSDP1: use FSDP2 "
+                "(`--fsdp full_shard` with `fsdp_config` {\"version\": 2}) to shard the model, DDP "
+                "(`accelerate launch` / `torchrun` without a DeepSpeed or FSDP config), or `sam_mode='none'`.")
+        if self.is_fsdp_enabled:
+            logger.warning(f"sam_mode={self.args.sam_mode!r} under FSDP2: the sharded step is tested on CPU processes "
+                           "(gloo) outside the Trainer; the Trainer's FSDP2 path (GPUs only) has not run yet. See "
+                           "the README's multi-process section.")
+        if self.is_fsdp_enabled and self.args.gradient_accumulation_steps > 1:
+            raise ValueError(
+                f"`sam_mode`={self.args.sam_mode!r} under FSDP2 does not support gradient accumulation yet "
+                f"(gradient_accumulation_steps={self.args.gradient_accumulation_steps}): FSDP2 keeps the "
+                "unsynced micro-batches' gradients outside `p.grad`, where the ascent would add to them. Set "
+                "gradient_accumulation_steps=1 (a larger per-device batch), or use DDP.")
 
     def _setup_head(self, model: nn.Module) -> None:
         """Find the per-example loss for `model`; make the baseline's accumulation scaling right."""
@@ -189,9 +200,24 @@ class SharpnessAwareStepMixin:
                 self._rows(inputs, selected.descent, batch_size)
         with record_function("ksam/ascent"):
             perturbation = rule.direction.perturbation(self, model, ascent_rows)
-        with weights_at_w_plus_e(perturbation.params, perturbation.epsilon), record_function("ksam/descent"):
+        with self._perturbed(model, perturbation), record_function("ksam/descent"):
             descent_loss = self._descend(model, descent_rows, selected)
         return self._logged_loss(ranked, perturbation if selected is None else None, descent_loss)
+
+    @contextlib.contextmanager
+    def _perturbed(self, model: nn.Module, perturbation: Perturbation):
+        """The weights at w + e inside, w after. Sharded (FSDP2): e moves the shards, so weights that
+        FSDP2 still holds gathered (the root's, after a forward without a backward) are released on
+        both sides, and the next forward gathers them from the shards."""
+        sharded = isinstance(model, FSDPModule) and perturbation.epsilon is not None
+        if sharded:
+            model.reshard()
+        try:
+            with weights_at_w_plus_e(perturbation.params, perturbation.epsilon):
+                yield
+        finally:
+            if sharded:
+                model.reshard()
 
     def rank_batch(self, model: nn.Module, inputs: dict[str, Any]) -> RankedBatch:
         """Each example's loss, from a forward pass without gradients (in eval mode unless
@@ -202,6 +228,10 @@ class SharpnessAwareStepMixin:
                 outputs, (sums, counts) = self._forward(model, inputs)
         finally:
             model.train()
+            if isinstance(model, FSDPModule):
+                # FSDP2 keeps the root's gathered weights after a forward, for the backward that a pass
+                # without gradients never runs: the ascent would reuse them after e moved the shards.
+                model.reshard()
         self.sam_statistics.add_confidence(
             mean_max_probability(outputs, counts) if self._is_single_label(inputs) else None)
         sums, counts = sums.detach().float().cpu(), counts.detach().float().cpu()
@@ -291,14 +321,17 @@ class SharpnessAwareStepMixin:
         """
         params = [p for p in model.parameters() if p.requires_grad]
         loss_scale = self._loss_scale()  # read once: on CUDA each read is a host sync
-        with self.accelerator.no_sync(model):
+        # Sharded (FSDP2): the ascent gradient must be reduce-scattered to the shards that e moves,
+        # so it is synced; every rank then perturbs the same gathered weights (`sam_sync_ascent`).
+        sharded = isinstance(model, FSDPModule)
+        with contextlib.nullcontext() if sharded else self.accelerator.no_sync(model):
             outputs, (sums, counts) = self._forward(model, rows)
             loss = sums.sum() / counts.sum()
             grads = ascent_gradient(loss * loss_scale, params)
         if self.args.sam_mode == "sam" and self._is_single_label(rows):
             self.sam_statistics.add_confidence(mean_max_probability(outputs, counts))
         del outputs
-        if self.args.sam_sync_ascent and self.accelerator.num_processes > 1:
+        if self.args.sam_sync_ascent and self.accelerator.num_processes > 1 and not sharded:
             # Every process reduces one tensor per trainable parameter, a zero where its own
             # micro-batch left one unused: lists of different lengths would never match up.
             grads = self.accelerator.reduce([torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)],

@@ -33,13 +33,14 @@ CONFIG_NAMES = ["ksam", "ksam_ga2", "sam_ga2", "ksam_sync", "ksam_sync_ga2", "sy
 EXTRA_CONFIGS = ["unlabelled_rank_sam_sync", "scheduled_ga2", "step_share_ga2"]  # checked by their own tests
 
 
-def launch(out: Path, configs: list[str], timeout: float) -> subprocess.CompletedProcess:
-    """torchrun --standalone --nproc_per_node 2 tests/ddp_worker.py; torchrun and its workers (which it
-    starts in sessions of their own) are killed if they outlive `timeout`."""
+def launch(out: Path, configs: list[str], timeout: float,
+           module: str = "tests.distributed.ddp_worker") -> subprocess.CompletedProcess:
+    """torchrun --standalone --nproc_per_node 2 -m `module`; torchrun and its workers (which it starts
+    in sessions of their own) are killed if they outlive `timeout`."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                TOKENIZERS_PARALLELISM="false")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
-               "-m", "tests.distributed.ddp_worker", "--out", str(out), *configs]
+               "-m", module, "--out", str(out), *configs]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
     try:

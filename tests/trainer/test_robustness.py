@@ -367,8 +367,8 @@ def test_batch_of_one_token_examples_only(tmp_path):
 def test_sharded_training_is_refused_with_sam(flag, tmp_path):
     """Real FSDP / DeepSpeed cannot be set up here (CPU: accelerate enables FSDP only on accelerator
     devices, and deepspeed is not installed), so the accelerator is made to report one after it is
-    created: KSAMTrainer must refuse at construction and say what works instead; `sam_mode="none"`
-    is accepted."""
+    created (FSDP without a plugin saying version 2: FSDP1): KSAMTrainer must refuse at construction
+    and say what works instead; `sam_mode="none"` is accepted. FSDP2's step: tests/distributed/test_fsdp.py."""
 
     class Sharded(KSAMTrainer):
         def create_accelerator_and_postprocess(self):
@@ -376,9 +376,9 @@ def test_sharded_training_is_refused_with_sam(flag, tmp_path):
             setattr(self, flag, True)
 
     model, _ = make_case("seqcls_single")
-    with pytest.raises(ValueError, match=r"DeepSpeed or FSDP.*Use DDP.*sam_mode='none'"):
+    with pytest.raises(ValueError, match=r"DeepSpeed or FSDP1: use FSDP2 .*DDP .*sam_mode='none'"):
         Sharded(model=model, args=args_for(tmp_path, sam_mode="ksam"))
-    with pytest.raises(ValueError, match="DeepSpeed or FSDP"):
+    with pytest.raises(ValueError, match="DeepSpeed or FSDP1"):
         Sharded(model=model, args=args_for(tmp_path, sam_mode="sam"))
     assert Sharded(model=model, args=args_for(tmp_path, sam_mode="none")).args.sam_mode == "none"
 
