@@ -61,6 +61,7 @@ from glue_scripts.training_split import (flip_labels, parse_row_range, seeded_sa
 from glue_scripts.run_safety import (InputError, RunSettingsRecorder, input_errors, plain,  # noqa: E402
                                      prepare_output_dir, write_json_atomic)
 from ksam_hf import KSAMConfig, KSAMTrainer  # noqa: E402
+from ksam_hf.config import validate_sam_fields  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -236,6 +237,7 @@ def apply_optimizer(optimizer: str, training_args: KSAMConfig, given: set[str]) 
         optim = DEFAULT_OPTIM[optimizer]
     training_args.sam_mode = sam_mode
     training_args.optim = OptimizerNames(optim)
+    validate_sam_fields(training_args)  # again: the fields were checked against the default sam_mode
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[ModelArguments, DataTrainingArguments, KSAMConfig]:

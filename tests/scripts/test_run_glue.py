@@ -82,6 +82,17 @@ def check_common_outputs(output_dir: Path, results: dict) -> dict:
     return on_disk
 
 
+@pytest.mark.parametrize("optimizer, extra", [("momentum", ["--sam_every_n_steps", "2"]),
+                                              ("ksam", ["--ksam_selection", "random_ascent"])])
+def test_the_cheap_rules_run_end_to_end(tiny_model, glue_dir, tmp_path, optimizer, extra):
+    results = main(run_args(tiny_model, glue_dir, tmp_path / "out", "rte", optimizer, *extra))
+    assert results["optimizer"] == optimizer and results["sam_mode"] == optimizer
+    assert math.isfinite(results["train_loss"]) and results["train_steps"] == 6
+    assert {key: results[key] for key in ("sam_every_n_steps", "ksam_selection")} == {
+        "sam_every_n_steps": 2 if optimizer == "momentum" else 1,
+        "ksam_selection": "random_ascent" if optimizer == "ksam" else "top_k_ascent"}
+
+
 def test_rte_ksam_end_to_end(tiny_model, glue_dir, tmp_path):
     results = main(run_args(tiny_model, glue_dir, tmp_path, "rte", "ksam", "--ksam_k", "0.5", "--sam_rho", "0.1",
                             "--logging_steps", "2"))
@@ -146,7 +157,8 @@ BASE = ["--model_name_or_path", "unused", "--output_dir", "unused", "--task_name
 
 @pytest.mark.parametrize("optimizer, sam_mode, optim", [
     ("adamw", "none", "adamw_torch"), ("sgd", "none", "sgd"), ("sam", "sam", "adamw_torch"),
-    ("ksam", "ksam", "adamw_torch")])
+    ("ksam", "ksam", "adamw_torch"), ("momentum", "momentum", "adamw_torch"),
+    ("random_direction", "random_direction", "adamw_torch")])
 def test_optimizer_mapping(optimizer, sam_mode, optim):
     _, data_args, training_args = parse_args(BASE + ["--optimizer", optimizer])
     assert data_args.optimizer == optimizer
@@ -552,6 +564,10 @@ def test_input_errors_exit_2_with_one_line(tiny_model, glue_dir, tmp_path, case)
     (["--max_seq_length", "0"], "--max_seq_length 0 is too short"),
     (["--max_train_samples", "0"], "--max_train_samples 0: give at least 1"),
     (["--sam_mode", "ksam"], "--sam_mode ksam conflicts with --optimizer adamw"),
+    (["--optimizer", "sam", "--sam_every_n_steps", "0"], "`sam_every_n_steps`=0 must be a whole number >= 1"),
+    (["--optimizer", "momentum", "--sam_step_share", "1.5"], "`sam_step_share`=1.5 must be a number in (0, 1]"),
+    (["--optimizer", "ksam", "--sam_start_fraction", "1"], "`sam_start_fraction`=1.0 must be in [0, 1)"),
+    (["--optimizer", "sam", "--ksam_selection", "random_ascent"], "`ksam_selection`='random_ascent' needs `sam_mode`='ksam'"),
 ])
 def test_cli_reports_input_errors_in_one_line(tiny_model, glue_dir, tmp_path, capsys, extra, expected):
     with pytest.raises(SystemExit) as stop:
