@@ -629,7 +629,8 @@ def run_spec(argv: list[str]) -> None:
     """`--spec FILE [--cells NAME ...] [ARGUMENT ...]`: a grid spec, a JSON file of `arguments` shared by
     every cell and `cells` (name -> the arguments that make the cell), each cell a grid of its own in
     `<results_dir>/<name>`. Arguments on the command line override the spec's (`--seeds 4 5`,
-    `--plan_only`). Seeds run outermost, then cells: every cell has seed 1 before any has seed 2."""
+    `--plan_only`). Seeds run outermost, then cells: every cell has seed 1 before any has seed 2.
+    Ends with the table over the cells, `<results_dir>/cells.md` (`summarize_cells.py`)."""
     position = argv.index("--spec")
     path = Path(argv[position + 1])
     rest = argv[:position] + argv[position + 2:]
@@ -654,6 +655,10 @@ def run_spec(argv: list[str]) -> None:
         for name, cell_argv in cell_argvs.items():
             print(f"[reproduce_glue] cell {name}, seed {seed}", flush=True)
             main(cell_argv + ["--seeds", str(seed)])
+    if not first.plan_only:  # the table over the cells (glue_scripts/summarize_cells.py)
+        from glue_scripts import summarize_cells
+
+        summarize_cells.main([str(Path(first.results_dir).parent), "--baseline", first.baseline])
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -145,7 +145,8 @@ def plot_epochs(cells: dict[str, tuple[Cell, list[dict]]], names: list[str], pat
             if r.get("epochs"):
                 axes[0][column].plot([e["epoch"] for e in r["epochs"]], [100 * e["score"] for e in r["epochs"]],
                                      color=color, marker=".", lw=0.9, label=label)
-            axes[1][column].plot([log["epoch"] for log in r["curve"]], [log["loss"] for log in r["curve"]],
+            curve = r.get("curve", [])
+            axes[1][column].plot([log["epoch"] for log in curve], [log["loss"] for log in curve],
                                  color=color, lw=0.8)
         axes[0][column].set_title(f"{name}")
         axes[0][column].legend(fontsize=7)

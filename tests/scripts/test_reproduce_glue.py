@@ -373,6 +373,7 @@ def test_a_spec_runs_its_cells_seed_by_seed_each_in_its_own_folder(tmp_path, mon
     assert calls == [("small", 1, "100", "0.3", "0.0001"), ("large", 1, "400", None, "0.0001"),
                      ("small", 2, "100", "0.3", "0.0001"), ("large", 2, "400", None, "0.0001")]
     assert (tmp_path / "out" / "small" / "results.md").is_file() and (tmp_path / "out" / "large" / "results.md").is_file()
+    assert "| small | rte | 100 | 0.3 |" in (tmp_path / "out" / "cells.md").read_text()
     rg.main(["--spec", str(tmp_path / "spec.json")])  # resumes: nothing left to run
     assert len(calls) == 4
     rg.main(["--spec", str(tmp_path / "spec.json"), "--cells", "large", "--seeds", "3", "--learning_rate", "2e-4"])
