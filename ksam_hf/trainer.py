@@ -283,7 +283,7 @@ class SharpnessAwareStepMixin:
         only the loss could tell), with scores of zero."""
         counts = None if is_packed(inputs) or self._user_loss else label_counts(inputs, self._head)
         if counts is None:
-            counts = torch.ones(sequence_count(inputs) if is_packed(inputs) else self._batch_size(inputs, None))
+            counts = torch.ones(self._batch_size(inputs, None))
         return Ranking(torch.zeros_like(counts), counts)
 
     @staticmethod

@@ -4,7 +4,8 @@ the root), on this process's 4 rows of an 8-row batch, over gloo on the CPU.
 
 Saves to `<out>/<config>_rank<rank>.pt`: the full gradient after the step (`p.grad.full_tensor()`,
 the reduce-scattered mean over the processes), whether each rank's shards came back bit for bit, and
-the rows K-SAM kept. The test recomputes the step by hand on the unsharded model.
+the rows K-SAM kept; the test recomputes the step by hand on the unsharded model. `checkpoint`:
+two optimizer steps, straight and through a checkpoint (`run_checkpoint`).
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 -m tests.distributed.fsdp_worker --out DIR sam
 """
@@ -29,25 +30,40 @@ CONFIGS = {
     "sam": dict(sam_mode="sam"),
     "top_k_ascent": dict(sam_mode="ksam", ksam_selection="top_k_ascent", ksam_k=2),
     "top_k": dict(sam_mode="ksam", ksam_selection="top_k", ksam_k=2),
-    "rank1_fails": dict(sam_mode="sam"),
-    "dbg_ksam_all": dict(sam_mode="ksam", ksam_selection="top_k", ksam_k=4),
-    "dbg_sam_nograd": dict(sam_mode="sam"),  # rank 1 raises before its step: rank 0 must not wait for ever
+    "rank1_fails": dict(sam_mode="sam"),  # rank 1 raises before its step: rank 0 must not wait for ever
+    "checkpoint": dict(sam_mode="ksam", ksam_selection="top_k_ascent", ksam_k=2),  # see `run_checkpoint`
 }
 
 
-def run(name: str, out: str) -> None:
+def sharded_trainer(name: str, out: str, seed: int = SEED) -> tuple[torch.nn.Module, KSAMTrainer, dict]:
+    """The tiny BERT of `make_case` (initialised from `seed`), sharded (each encoder layer and the
+    root), its trainer with the optimizer created, and this process's rows of the batch of `SEED`."""
+    model, _ = make_case("seqcls_single", batch_size=2 * ROWS_PER_PROCESS, seed=seed)
+    _, batch = make_case("seqcls_single", batch_size=2 * ROWS_PER_PROCESS, seed=SEED)
     rank = dist.get_rank()
-    model, batch = make_case("seqcls_single", batch_size=2 * ROWS_PER_PROCESS, seed=SEED)
     mine = rows(batch, list(range(rank * ROWS_PER_PROCESS, (rank + 1) * ROWS_PER_PROCESS)))
     for layer in model.bert.encoder.layer:
         fully_shard(layer)
     fully_shard(model)
     args = KSAMConfig(output_dir=os.path.join(out, "trainer_" + name), report_to="none", use_cpu=True,
-                      save_strategy="no", seed=0, disable_tqdm=True, sam_rho=RHO, **CONFIGS[name])
+                      save_strategy="no", seed=0, disable_tqdm=True, sam_rho=RHO, learning_rate=1e-2,
+                      **CONFIGS[name])
     trainer = KSAMTrainer(model=model, args=args)
+    trainer.create_optimizer()
+    return model, trainer, mine
+
+
+def local_weights(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.to_local().detach().clone() for p in model.parameters()]
+
+
+def run_step(name: str, out: str) -> None:
+    """One `training_step`; saves the full gradient, whether the shards came back, the kept rows."""
+    model, trainer, mine = sharded_trainer(name, out)
+    rank = dist.get_rank()
     if name == "rank1_fails" and rank == 1:
         raise RuntimeError("rank 1 fails on purpose")
-    before = [p.to_local().detach().clone() for p in model.parameters()]
+    before = local_weights(model)
     trainer.training_step(model, mine)
     restored = all(torch.equal(p.to_local(), b) for p, b in zip(model.parameters(), before))
     grads = {n: p.grad.full_tensor().detach().clone() for n, p in model.named_parameters()}
@@ -56,6 +72,50 @@ def run(name: str, out: str) -> None:
                 "kept": None if selected is None else selected.ascent.tolist(),
                 "sharded": type(model.bert.encoder.layer[0].attention.self.query.weight).__name__},
                os.path.join(out, f"{name}_rank{rank}.pt"))
+
+
+def optimizer_step(model: torch.nn.Module, trainer: KSAMTrainer, batch: dict) -> None:
+    trainer.training_step(model, batch)
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.state.global_step += 1
+
+
+def run_checkpoint(out: str) -> None:
+    """Two optimizer steps straight, against one step, a checkpoint (torch.distributed.checkpoint of
+    the sharded model and optimizer), a fresh model and optimizer (another initialisation) loaded
+    from it, and the second step: the weights must agree bit for bit, and the checkpoint must hold
+    the weights the first optimizer step left (not w + e)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model, trainer, mine = sharded_trainer("checkpoint", out)
+    second = {k: v.flip(0) for k, v in mine.items()}  # another batch: the same rows in reverse order
+    optimizer_step(model, trainer, mine)
+    after_first = local_weights(model)
+    optimizer_step(model, trainer, second)
+    straight = local_weights(model)
+
+    model, trainer, _ = sharded_trainer("checkpoint", out)
+    optimizer_step(model, trainer, mine)
+    dcp.save(dict(zip(("model", "optimizer"), get_state_dict(model, trainer.optimizer))),
+             checkpoint_id=os.path.join(out, "dcp"))
+    model, trainer, _ = sharded_trainer("checkpoint", out, seed=SEED + 1)
+    state = dict(zip(("model", "optimizer"), get_state_dict(model, trainer.optimizer)))
+    dcp.load(state, checkpoint_id=os.path.join(out, "dcp"))
+    set_state_dict(model, trainer.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    loaded = local_weights(model)
+    trainer.state.global_step = 1
+    optimizer_step(model, trainer, second)
+    resumed = local_weights(model)
+    torch.save({"checkpoint_is_the_first_step": all(torch.equal(a, b) for a, b in zip(loaded, after_first)),
+                "resumed_is_straight": all(torch.equal(a, b) for a, b in zip(resumed, straight)),
+                "moved": any(not torch.equal(a, b) for a, b in zip(straight, after_first))},
+               os.path.join(out, f"checkpoint_rank{dist.get_rank()}.pt"))
+
+
+def run(name: str, out: str) -> None:
+    run_checkpoint(out) if name == "checkpoint" else run_step(name, out)
 
 
 def main() -> None:

@@ -80,3 +80,11 @@ def test_a_failing_rank_fails_the_run_within_its_limit(tmp_path):
     assert result.returncode != 0
     assert "rank 1 fails on purpose" in result.stdout
     assert time.monotonic() - started < 120
+
+
+def test_a_checkpoint_of_a_sharded_run_holds_w_and_resumes_exactly(tmp_path):
+    result = launch(tmp_path, ["checkpoint"], timeout=150, module="tests.distributed.fsdp_worker")
+    assert result.returncode == 0, result.stdout[-5000:]
+    for rank in range(WORLD):
+        saved = torch.load(tmp_path / f"checkpoint_rank{rank}.pt", weights_only=False)
+        assert saved == {"checkpoint_is_the_first_step": True, "resumed_is_straight": True, "moved": True}, rank
