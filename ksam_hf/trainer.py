@@ -438,10 +438,10 @@ class SharpnessAwareStepMixin:
     def _check_model_loss(self, model: nn.Module, outputs: Any, inputs: dict[str, Any]) -> None:
         """Once, on the first batch with something to compare: the model's own loss must be the
         standard one that the per-example loss reproduces (a subclass with class weights is not)."""
-        pair = own_and_standard_loss(outputs, self._standard_loss(outputs, inputs))
-        self._loss_checked = pair is not None
-        if pair is not None:
-            check_model_loss(type(self.accelerator.unwrap_model(model)).__name__, self._head, *pair)
+        compared = own_and_standard_loss(outputs, self._standard_loss(outputs, inputs))
+        self._loss_checked = compared is not None
+        if compared is not None:
+            check_model_loss(type(self.accelerator.unwrap_model(model)).__name__, self._head, *compared)
 
     def _with_decoder_inputs(self, model: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
         """Encoder-decoder models build `decoder_input_ids` from the labels: build them here the same way."""

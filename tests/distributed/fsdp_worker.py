@@ -18,7 +18,7 @@ import os
 
 import torch
 import torch.distributed as dist
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from ksam_hf import KSAMConfig, KSAMTrainer
 from tests.testing_utils import make_case, rows
@@ -32,6 +32,10 @@ CONFIGS = {
     "top_k": dict(sam_mode="ksam", ksam_selection="top_k", ksam_k=2),
     "rank1_fails": dict(sam_mode="sam"),  # rank 1 raises before its step: rank 0 must not wait for ever
     "checkpoint": dict(sam_mode="ksam", ksam_selection="top_k_ascent", ksam_k=2),  # see `run_checkpoint`
+    # Activation checkpointing (the model's own, before sharding), and bf16 parameters for the
+    # forward and backward with fp32 gradients reduced (FSDP2's MixedPrecisionPolicy).
+    "top_k_ascent_activation_checkpointing": dict(sam_mode="ksam", ksam_selection="top_k_ascent", ksam_k=2),
+    "top_k_ascent_bf16_params": dict(sam_mode="ksam", ksam_selection="top_k_ascent", ksam_k=2),
 }
 
 
@@ -42,9 +46,13 @@ def sharded_trainer(name: str, out: str, seed: int = SEED) -> tuple[torch.nn.Mod
     _, batch = make_case("seqcls_single", batch_size=2 * ROWS_PER_PROCESS, seed=SEED)
     rank = dist.get_rank()
     mine = rows(batch, list(range(rank * ROWS_PER_PROCESS, (rank + 1) * ROWS_PER_PROCESS)))
+    if name.endswith("activation_checkpointing"):
+        model.gradient_checkpointing_enable()
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+        if name.endswith("bf16_params") else MixedPrecisionPolicy()
     for layer in model.bert.encoder.layer:
-        fully_shard(layer)
-    fully_shard(model)
+        fully_shard(layer, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
     args = KSAMConfig(output_dir=os.path.join(out, "trainer_" + name), report_to="none", use_cpu=True,
                       save_strategy="no", seed=0, disable_tqdm=True, sam_rho=RHO, learning_rate=1e-2,
                       **CONFIGS[name])

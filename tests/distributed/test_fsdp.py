@@ -22,16 +22,17 @@ from tests.testing_utils import make_case, model_loss, ranked_by_own_loss, rows
 pytestmark = pytest.mark.slow  # real processes (CI runs them)
 
 WORLD = 2
-CONFIGS = ["sam", "top_k_ascent", "top_k"]
+CONFIGS = ["sam", "top_k_ascent", "top_k", "top_k_ascent_activation_checkpointing"]
+BF16 = "top_k_ascent_bf16_params"
 
 
 @pytest.fixture(scope="module")
 def fsdp_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp")
-    result = launch(out, CONFIGS, timeout=150, module="tests.distributed.fsdp_worker")
+    result = launch(out, CONFIGS + [BF16], timeout=150, module="tests.distributed.fsdp_worker")
     assert result.returncode == 0, result.stdout[-5000:]
     return {name: [torch.load(out / f"{name}_rank{rank}.pt", weights_only=False) for rank in range(WORLD)]
-            for name in CONFIGS}
+            for name in CONFIGS + [BF16]}
 
 
 def mean_gradient(models_and_batches) -> dict:
@@ -64,7 +65,7 @@ def by_hand(config: str) -> tuple[dict, list[list[int]]]:
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_the_sharded_step_is_the_synced_sam_step_by_hand(fsdp_results, config):
-    expected, kept = by_hand(config)
+    expected, kept = by_hand(config.replace("_activation_checkpointing", ""))
     for rank, result in enumerate(fsdp_results[config]):
         assert result["world_size"] == WORLD and result["sharded"] == "DTensor"
         assert result["restored"], f"rank {rank}: a shard was not restored bit for bit"
@@ -88,3 +89,16 @@ def test_a_checkpoint_of_a_sharded_run_holds_w_and_resumes_exactly(tmp_path):
     for rank in range(WORLD):
         saved = torch.load(tmp_path / f"checkpoint_rank{rank}.pt", weights_only=False)
         assert saved == {"checkpoint_is_the_first_step": True, "resumed_is_straight": True, "moved": True}, rank
+
+
+def test_bf16_parameters_with_fp32_reduction_give_the_step_to_bf16_precision(fsdp_results):
+    """FSDP2's MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32): the forward and backward run
+    in bf16 from the fp32 shards, e moves the fp32 shards, which come back bit for bit; the gradient
+    is fp32 and agrees with the fp32 step by hand to bf16's precision."""
+    expected, kept = by_hand("top_k_ascent")
+    reference = torch.cat([expected[name].flatten() for name in sorted(expected)])
+    for rank, result in enumerate(fsdp_results[BF16]):
+        assert result["restored"] and result["kept"] == kept[rank]
+        grads = torch.cat([result["grads"][name].flatten() for name in sorted(expected)])
+        assert grads.dtype == torch.float32
+        assert float((grads - reference).norm() / reference.norm()) < 2e-2

@@ -99,3 +99,19 @@ def test_a_model_split_across_devices_is_refused(make_config):
         KSAMTrainer(model=model, args=make_config())
     model.hf_device_map = {"": "cpu"}  # on one device: fine
     KSAMTrainer(model=model, args=make_config())
+
+
+def test_a_loss_computed_in_bf16_is_compared_to_bf16_precision():
+    """FSDP2 with bf16 parameters: the model's own loss is a bf16 number (about 3 significant digits),
+    so it is compared with the standard loss to 4 bf16 epsilons (3.1 %), and a class-weighted loss
+    that differs by more is still refused."""
+    from ksam_hf.checks import check_model_loss, own_and_standard_loss
+
+    standard = (torch.tensor([1.0994 * 4]), torch.tensor([4.0]))
+    own, reference, tolerance = own_and_standard_loss({"loss": torch.tensor(1.1016, dtype=torch.bfloat16)}, standard)
+    assert tolerance == pytest.approx(4 * 2 ** -7) and reference == pytest.approx(1.0994)
+    check_model_loss("M", "sequence_classification", own, reference, tolerance)  # 0.2 % apart: the same loss
+    assert own_and_standard_loss({"loss": torch.tensor(1.1016)}, standard)[2] == 1e-3  # fp32: as before
+    weighted = own_and_standard_loss({"loss": torch.tensor(1.25, dtype=torch.bfloat16)}, standard)
+    with pytest.raises(ValueError, match="M computes its own loss"):
+        check_model_loss("M", "sequence_classification", *weighted)
