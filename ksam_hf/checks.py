@@ -8,6 +8,7 @@ from typing import Any, Mapping, Optional
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from .packing import is_packed, sequence_count
 
@@ -56,7 +57,9 @@ def check_finite_weights(model: nn.Module, step: int) -> None:
     named = [(name, p) for name, p in model.named_parameters() if p.is_floating_point()]
     if not named:
         return
-    finite = torch.stack([torch.isfinite(p).all() for _, p in named])
+    # Sharded (FSDP2): each process checks its own shards; one that finds a broken weight raises,
+    # and the launcher stops the others.
+    finite = torch.stack([torch.isfinite(p.to_local() if isinstance(p, DTensor) else p).all() for _, p in named])
     if not bool(finite.all()):
         broken = named[int((~finite).nonzero()[0])][0]
         raise FloatingPointError(
