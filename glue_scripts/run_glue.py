@@ -354,8 +354,9 @@ def training_seed(seed: Optional[int], training_args: KSAMConfig) -> int:
 
 def shape_training_split(raw: DatasetDict, data_args: DataTrainingArguments, training_args: KSAMConfig,
                          task: Any, classes: Optional[list]) -> dict[str, Any]:
-    """Cut the held-out block out of `raw["train"]` (into `raw["heldout"]`), draw the sample, flip
-    labels, then drop the held-out rows a training row contains, in place (`classes`: the label values, None for a regression); returns what was done,
+    """Cut the held-out block out of `raw["train"]` (into `raw["heldout"]`), draw the sample (or take
+    the first `--max_train_samples`), flip labels, then drop the held-out rows a training row
+    contains, in place (`classes`: the label values, None for a regression); returns what was done,
     for `all_results.json`."""
     record: dict[str, Any] = {}
     if "train" not in raw:  # evaluation or prediction only
@@ -365,6 +366,7 @@ def shape_training_split(raw: DatasetDict, data_args: DataTrainingArguments, tra
     if data_args.train_sample is not None:
         raw["train"] = seeded_sample(raw["train"], data_args.train_sample,
                                      training_seed(data_args.train_sample_seed, training_args))
+    raw["train"] = first(raw["train"], data_args.max_train_samples)  # the noise is a share of what is trained on
     if data_args.label_noise:
         if classes is None:
             raise InputError(f"--label_noise {data_args.label_noise}: this task is a regression (scores, not "
@@ -372,8 +374,8 @@ def shape_training_split(raw: DatasetDict, data_args: DataTrainingArguments, tra
         raw["train"], flipped = flip_labels(raw["train"], data_args.label_noise,
                                             training_seed(data_args.label_noise_seed, training_args), classes)
         record["label_noise_flipped"] = len(flipped)
-    if "heldout" in raw:  # against the rows this run trains on (--max_train_samples cuts them later)
-        training = first(raw["train"], data_args.max_train_samples)
+    if "heldout" in raw:  # against the rows this run trains on
+        training = raw["train"]
         text_columns = task.text_columns if task is not None else tuple(
             name for name in raw["train"].column_names if name not in ("label", "idx"))
         raw["heldout"], dropped = without_contained(raw["heldout"], training, text_columns)

@@ -76,10 +76,11 @@ class OptimizerMomentum(Direction):
     parameters. No ascent pass: the step costs one forward and backward.
 
     The sign is the authors' (their Algorithm 1, and their AdamW code, subtract the momentum): m
-    averages past gradients, so w - rho m / ||m|| lies ahead along the path the optimizer is taking,
-    and the authors report that the gradient there carries SAM's sharpness signal, while a step
-    against the path (+m) does not. m is the optimizer's state before this step's update, the same
-    for every micro-batch of an accumulated step and on every process.
+    averages past gradients, so -m is the direction the optimizer is moving in, and w - rho m / ||m||
+    lies ahead on its path, where the authors find that the gradient serves as SAM's ascent point
+    does (a look-ahead far beyond the next step, like Nesterov's but at SAM's radius). Perturbing
+    along +m would look back where the weights came from. m is the optimizer's state before this
+    step's update: the same for every micro-batch of an accumulated step and on every process.
 
     Before the optimizer holds state (the first step) the step is plain. An optimizer that keeps no
     first moment (SGD without momentum, Adafactor without beta1) gives plain steps, with one

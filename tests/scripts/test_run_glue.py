@@ -663,3 +663,13 @@ def test_label_noise_on_a_regression_task_is_refused(tiny_model, glue_dir, tmp_p
         run_glue.cli(args)
     (line,) = capsys.readouterr().err.splitlines()
     assert "--label_noise 0.1: this task is a regression" in line and "drop --label_noise" in line
+
+
+def test_the_noise_is_a_share_of_the_first_n_when_max_train_samples_cuts(glue_dir):
+    _, data_args, training_args = parse_args(["--model_name_or_path", "m", "--output_dir", "o", "--task_name",
+                                              "rte", "--max_train_samples", "50", "--label_noise", "0.3"])
+    raw = load_glue_tsv(glue_dir, "rte", ["train"])
+    truth = raw["train"].select(range(50))["label"]
+    record = run_glue.shape_training_split(raw, data_args, training_args, run_glue.glue_task("rte"), [0, 1])
+    assert record["label_noise_flipped"] == 15 and len(raw["train"]) == 50
+    assert sum(a != b for a, b in zip(raw["train"]["label"], truth)) == 15
