@@ -17,14 +17,12 @@ at a constant learning rate, so `after = before - lr * grads` can be checked as 
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import os
 
 import torch
-import torch.distributed as dist
 
 from ksam_hf import KSAMConfig, KSAMTrainer
+from tests.distributed import workers
 from tests.testing_utils import GradientAtStep, TwoHeadClassifier, bert_config, make_case, recording, stack
 
 PER_DEVICE_BATCH = 4
@@ -106,21 +104,5 @@ def run(name: str, out: str) -> None:
     }, os.path.join(out, f"{name}_rank{rank}.pt"))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", required=True)
-    parser.add_argument("configs", nargs="+", choices=sorted(CONFIGS))
-    options = parser.parse_args()
-    # The group is made here, with a one-minute timeout, before the Trainer (whose Accelerate state
-    # would otherwise make it with the default, far longer one): a peer that died fails a collective
-    # within a minute, and `launch` in test_ddp.py kills the whole group after its own limit.
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
-    try:
-        for name in options.configs:
-            run(name, options.out)
-    finally:
-        dist.destroy_process_group()
-
-
 if __name__ == "__main__":
-    main()
+    workers.main(CONFIGS, run)

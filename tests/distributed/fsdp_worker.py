@@ -12,8 +12,6 @@ two optimizer steps, straight and through a checkpoint (`run_checkpoint`).
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import os
 
 import torch
@@ -21,6 +19,7 @@ import torch.distributed as dist
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from ksam_hf import KSAMConfig, KSAMTrainer
+from tests.distributed import workers
 from tests.testing_utils import make_case, rows
 
 ROWS_PER_PROCESS = 4
@@ -126,18 +125,5 @@ def run(name: str, out: str) -> None:
     run_checkpoint(out) if name == "checkpoint" else run_step(name, out)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", required=True)
-    parser.add_argument("configs", nargs="+", choices=sorted(CONFIGS))
-    options = parser.parse_args()
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
-    try:
-        for name in options.configs:
-            run(name, options.out)
-    finally:
-        dist.destroy_process_group()
-
-
 if __name__ == "__main__":
-    main()
+    workers.main(CONFIGS, run)
