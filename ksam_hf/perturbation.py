@@ -39,9 +39,7 @@ class Perturbation:
 
 
 class Direction(ABC):
-    """A source of e. `needs_ascent_rows`: whether it runs a pass on the rule's ascent rows."""
-
-    needs_ascent_rows: bool = False
+    """A source of e."""
 
     @abstractmethod
     def perturbation(self, step: "SharpnessAwareStepMixin", model: nn.Module,
@@ -63,8 +61,6 @@ class NoPerturbation(Direction):
 class AscentGradient(Direction):
     """SAM's e = rho g / ||g|| (ASAM: rho w^2 g / ||w g||), g the gradient of the ascent rows' mean
     loss: one more forward and backward, on the rows the selection rule gives (SAM: the batch)."""
-
-    needs_ascent_rows = True
 
     def perturbation(self, step, model, ascent_rows) -> Perturbation:
         return step._ascend(model, ascent_rows)

@@ -229,8 +229,9 @@ class SharpnessAwareStepMixin:
         finally:
             model.train()
             if isinstance(model, FSDPModule):
-                # FSDP2 keeps the root's gathered weights after a forward, for the backward that a pass
-                # without gradients never runs: the ascent would reuse them after e moved the shards.
+                # FSDP2 keeps the root's gathered weights after a forward, for a backward that a pass
+                # without gradients never runs; the ascent that follows then gets wrong gradients
+                # (tests/distributed/test_fsdp.py fails without this), not only stale weights.
                 model.reshard()
         self.sam_statistics.add_confidence(
             mean_max_probability(outputs, counts) if self._is_single_label(inputs) else None)

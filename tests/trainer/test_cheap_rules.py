@@ -111,14 +111,12 @@ def test_momentum_is_the_gradient_against_the_first_moment(case, make_trainer):
     step(trainer, model, batch)  # the optimizer has no state yet: a plain step
     assert_gradients_equal(model, expected_first)
     trainer.optimizer.step()
-    model_after = weights(model)
     m = momentum_of(trainer, model, "exp_avg")  # read from the optimizer before the step
     norm = torch.sqrt(sum((v ** 2).sum() for v in m.values() if v is not None))
     epsilon = {name: None if v is None else -RHO * v / norm for name, v in m.items()}
     expected = gradient_at(model, batch, epsilon)
-    step(trainer, model, batch)
+    step(trainer, model, batch)  # the weights come back bit for bit (checked in `step`)
     assert_gradients_equal(model, expected)
-    assert weights(model).keys() == model_after.keys()
 
 
 def test_momentum_reads_sgds_momentum_buffer_and_warns_once_without_one(make_trainer, caplog):
