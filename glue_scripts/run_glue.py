@@ -347,6 +347,12 @@ def run_settings(model_args: ModelArguments, data_args: DataTrainingArguments,
     return {name: plain(value) for name, value in settings.items()}
 
 
+FLIPPED_COLUMN = "label_flipped"
+"""The training column that marks (1) the examples whose label `--label_noise` flipped. The trainer
+watches it: a selection rule's logs give the share of flipped examples among those it keeps
+(`sam_kept_label_flipped`; the run's mean over its logs is `train_mean_kept_label_flipped`)."""
+
+
 def training_seed(seed: Optional[int], training_args: KSAMConfig) -> int:
     """A data seed, or the run's `--seed` when none is given."""
     return training_args.seed if seed is None else seed
@@ -374,6 +380,8 @@ def shape_training_split(raw: DatasetDict, data_args: DataTrainingArguments, tra
         raw["train"], flipped = flip_labels(raw["train"], data_args.label_noise,
                                             training_seed(data_args.label_noise_seed, training_args), classes)
         record["label_noise_flipped"] = len(flipped)
+        marked = set(flipped)
+        raw["train"] = raw["train"].add_column(FLIPPED_COLUMN, [int(i in marked) for i in range(len(raw["train"]))])
     if "heldout" in raw:  # against the rows this run trains on
         training = raw["train"]
         text_columns = task.text_columns if task is not None else tuple(
@@ -576,8 +584,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         data_collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)
 
     step_timer = StepTimer()
+    watched = FLIPPED_COLUMN if train_dataset is not None and FLIPPED_COLUMN in train_dataset.column_names else None
     trainer = KSAMTrainer(
-        model=model, args=training_args, train_dataset=train_dataset,
+        model=model, args=training_args, train_dataset=train_dataset, watch_column=watched,
         eval_dataset=processed[eval_names[0]] if training_args.do_eval else None,
         compute_metrics=make_compute_metrics(data_args.task_name, is_regression, model_to_task),
         processing_class=tokenizer, data_collator=data_collator,
@@ -589,6 +598,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         metrics["train_samples"] = len(train_dataset)
         metrics["train_steps"] = train_result.global_step
         metrics["train_median_step_time"] = step_timer.median
+        shares = [log[f"sam_kept_{watched}"] for log in trainer.state.log_history if f"sam_kept_{watched}" in log]
+        if shares:  # the mean over the logs (each a mean over its steps)
+            metrics[f"train_mean_kept_{watched}"] = round(sum(shares) / len(shares), 4)
         if resume.finished:  # 0 steps ran: its train_loss (0.0) is no loss of this model
             metrics.pop("train_loss", None)
             logger.warning(f"Nothing trained: {resume.checkpoint} had finished its {train_result.global_step} steps.")

@@ -13,9 +13,12 @@ from .selection import Selected
 
 
 class StepStatistics:
-    """Running sums of the per-step SAM statistics between two logs; `pop` gives the log entries."""
+    """Running sums of the per-step SAM statistics between two logs; `pop` gives the log entries.
+    `watch_column`: the name of a per-example batch column whose mean over the kept examples (and
+    over the batch) is logged, as `sam_kept_<name>` (and `sam_batch_<name>`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, watch_column: Optional[str] = None) -> None:
+        self.watch_column = watch_column
         self.skipped = 0  # perturbations skipped for a non-finite ascent norm (cumulative)
         self.empty = 0  # micro-batches with no labelled example (cumulative)
         self.last_selected: Optional[Selected] = None  # the latest micro-batch's selection (K-SAM)
@@ -27,6 +30,7 @@ class StepStatistics:
         self.micro_batches, self.perturbed = 0, 0
         self.kept_loss = torch.zeros(())
         self.confidence_steps, self.confidence = 0, torch.zeros(())
+        self.watched_steps, self.watched_kept, self.watched_batch = 0, 0.0, 0.0
 
     def add_step(self, perturbed: bool) -> None:
         """One micro-batch, perturbed or (a step the SAM schedule leaves out) plain."""
@@ -50,6 +54,12 @@ class StepStatistics:
             self.confidence_steps += 1
             self.confidence = self.confidence.to(confidence.device) + confidence.float()
 
+    def add_watched(self, kept: float, batch: float) -> None:
+        """One selection's mean of the watched column over the kept examples, and over the batch."""
+        self.watched_steps += 1
+        self.watched_kept += kept
+        self.watched_batch += batch
+
     def pop(self) -> dict[str, float]:
         logs: dict[str, float] = {"sam_skipped_perturbations": self.skipped}
         if self.empty:
@@ -63,5 +73,8 @@ class StepStatistics:
             logs["sam_ascent_grad_norm"] = round(self.norm / self.norm_steps, 4)
         if self.confidence_steps:
             logs["sam_mean_max_prob"] = round(float(self.confidence) / self.confidence_steps, 4)
+        if self.watched_steps:
+            logs[f"sam_kept_{self.watch_column}"] = round(self.watched_kept / self.watched_steps, 4)
+            logs[f"sam_batch_{self.watch_column}"] = round(self.watched_batch / self.watched_steps, 4)
         self._reset()
         return logs

@@ -1,6 +1,7 @@
 """`KSAMTrainer`: a `transformers.Trainer` whose training step is SAM or K-SAM.
 
-Only `training_step` (and `log`, to report the step's statistics) is overridden: the Trainer still
+Only `training_step` (and `log`, to report the step's statistics; with a `watch_column`, the two
+methods that keep that column out of the model's inputs) is overridden: the Trainer still
 does the data loading, gradient accumulation, mixed precision, clipping, optimizer step,
 scheduling, logging and checkpointing, so every Trainer feature keeps working.
 """
@@ -57,7 +58,8 @@ class SharpnessAwareStepMixin:
 
     config_class: type = KSAMConfig
 
-    def __init__(self, *args: Any, per_example_loss_func: Optional[PerExampleLoss] = None, **kwargs: Any):
+    def __init__(self, *args: Any, per_example_loss_func: Optional[PerExampleLoss] = None,
+                 watch_column: Optional[str] = None, **kwargs: Any):
         args = list(args)
         given = args[1] if len(args) > 1 else kwargs.get("args")
         converted = self._as_config(given)
@@ -74,7 +76,8 @@ class SharpnessAwareStepMixin:
         self._takes_return_dict = False  # config.return_dict=False: ask for outputs as a dataclass
         self._accumulated_items = 0.0  # examples / tokens behind the gradient in p.grad this step
         self.current_gradient_accumulation_steps = 1  # the training loop sets it; direct calls need it
-        self.sam_statistics = StepStatistics()
+        self.watch_column = watch_column  # a batch column the model does not take, watched (see `_watch`)
+        self.sam_statistics = StepStatistics(watch_column)
         self.selection = selection_rule(self.args.ksam_selection, self.args.ksam_uniform_mix)
         self.rule: Optional[StepRule] = None if self.args.sam_mode == "none" else \
             step_rule(self.args.sam_mode, self.selection)
@@ -179,6 +182,7 @@ class SharpnessAwareStepMixin:
         model.train()
         if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
             self.optimizer.train()
+        watched = inputs.get(self.watch_column) if self.watch_column is not None else None
         inputs = self._with_decoder_inputs(model, self._prepare_inputs(inputs))
 
         rule = self.rule if self.schedule.perturbs(self.state.global_step, self.state.max_steps) else PLAIN_STEP
@@ -188,6 +192,8 @@ class SharpnessAwareStepMixin:
             with record_function("ksam/rank"):
                 ranked = self.rank_batch(model, inputs)
         selected = self._select(rule.rows, ranked, inputs)
+        if watched is not None and isinstance(selected, Selected):
+            self._watch(watched, selected, self._batch_size(inputs, ranked))
         if selected is False:  # no example in this micro-batch has a label
             self._join_other_processes(model, inputs)
             self._finish_micro_batch(0.0)
@@ -278,6 +284,28 @@ class SharpnessAwareStepMixin:
         selected = rule.select(ranking, min(k, labelled), self._step_generator() if rule.seeded_by_step else None)
         self.sam_statistics.last_selected = selected
         return selected
+
+    def _watch(self, watched: Any, selected: Selected, batch_size: int) -> None:
+        """Record the watched column's mean over the kept (ascent) rows and over the batch: e.g. the
+        share of examples with a flipped label among those a rule aims its ascent at."""
+        if not torch.is_tensor(watched) or watched.dim() != 1 or watched.numel() != batch_size:
+            raise ValueError(f"`watch_column`={self.watch_column!r} must hold one number per example of the batch "
+                             f"({batch_size} here; packed batches have none), got "
+                             f"{tuple(watched.shape) if torch.is_tensor(watched) else type(watched).__name__}.")
+        values = watched.detach().float().cpu()
+        self.sam_statistics.add_watched(float(values[selected.ascent.cpu()].mean()), float(values.mean()))
+
+    def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The Trainer's, without the watched column (the model does not take it)."""
+        if self.watch_column is not None and self.watch_column in inputs:
+            inputs = {key: value for key, value in inputs.items() if key != self.watch_column}
+        return super()._prepare_inputs(inputs)
+
+    def _set_signature_columns_if_needed(self) -> None:
+        """Keep the watched column in the batches (the Trainer drops columns the model does not take)."""
+        super()._set_signature_columns_if_needed()
+        if self.watch_column is not None and self.watch_column not in self._signature_columns:
+            self._signature_columns.append(self.watch_column)
 
     def _unranked(self, inputs: dict[str, Any]) -> Ranking:
         """The batch's label counts without a forward pass (every example counted as labelled where
@@ -480,7 +508,10 @@ class SharpnessAwareStepMixin:
 
 class KSAMTrainer(SharpnessAwareStepMixin, Trainer):
     """`transformers.Trainer` with a SAM / K-SAM step; takes every `Trainer` argument, plus
-    `per_example_loss_func` for heads ksam_hf does not know. Configure it with `KSAMConfig`
+    `per_example_loss_func` for heads ksam_hf does not know, and `watch_column`: a dataset column
+    (one number per example, e.g. 1 where a label was flipped) that the model does not take, whose
+    mean over the examples a selection rule keeps is logged as `sam_kept_<column>` (beside
+    `sam_batch_<column>`, its mean over the batch). Configure it with `KSAMConfig`
     (a plain `TrainingArguments` is converted once, with the SAM fields' defaults)."""
 
 

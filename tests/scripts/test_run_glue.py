@@ -624,6 +624,20 @@ def test_sample_noise_and_held_out_block_end_to_end(tiny_model, glue_dir, tmp_pa
     assert not (output_dir / "model.safetensors").exists() and (output_dir / "trainer_state.json").is_file()
 
 
+def test_a_ranking_rule_logs_the_share_of_flipped_labels_among_the_examples_it_keeps(tiny_model, glue_dir, tmp_path):
+    """40 examples, 10 flipped, batches of 8, one epoch, a log per step: the batch means of the marked
+    column average to 10 / 40 exactly (every example seen once); the kept rows' share is logged beside."""
+    output_dir = tmp_path / "out"
+    results = main(protocol_args(tiny_model, glue_dir, output_dir, "ksam", "--train_sample", "40", "--label_noise",
+                                 "0.25", "--logging_steps", "1", "--ksam_k", "0.25", "--save_weights", "False",
+                                 "--do_predict", "False"))
+    logs = [log for log in read_json(output_dir / "trainer_state.json")["log_history"] if "loss" in log]
+    assert len(logs) == 5 and sum(log["sam_batch_label_flipped"] for log in logs) / 5 == pytest.approx(0.25)
+    kept = [log["sam_kept_label_flipped"] for log in logs]
+    assert all(share in (0.0, 0.5, 1.0) for share in kept)  # 2 kept of 8
+    assert results["train_mean_kept_label_flipped"] == pytest.approx(sum(kept) / 5, abs=1e-4)
+
+
 def test_every_method_of_a_seed_trains_on_the_same_noisy_sample_and_the_dev_set_is_untouched(glue_dir):
     shaped = {}
     for optimizer in ("adamw", "sam", "ksam"):
@@ -634,11 +648,13 @@ def test_every_method_of_a_seed_trains_on_the_same_noisy_sample_and_the_dev_set_
         dev_before = raw["validation"]["label"]
         record = run_glue.shape_training_split(raw, data_args, training_args, run_glue.glue_task("sst2"), [0, 1])
         assert raw["validation"]["label"] == dev_before and record["label_noise_flipped"] == 90
-        shaped[optimizer] = (raw["train"]["idx"], raw["train"]["label"], raw["heldout"]["idx"])
+        shaped[optimizer] = (raw["train"]["idx"], raw["train"]["label"], raw["heldout"]["idx"],
+                             raw["train"][run_glue.FLIPPED_COLUMN])
     assert shaped["adamw"] == shaped["sam"] == shaped["ksam"]
-    indices, labels, heldout = shaped["adamw"]
+    indices, labels, heldout, marked = shaped["adamw"]
     truth = load_glue_tsv(glue_dir, "sst2", ["train"])["train"].select(indices)["label"]
     assert sum(a != b for a, b in zip(labels, truth)) == 90  # flipped against the file's own labels
+    assert marked == [int(a != b) for a, b in zip(labels, truth)]  # the column the trainer watches
     assert all(i < 67000 for i in indices) and all(67000 <= i < 67349 for i in heldout)
 
 
