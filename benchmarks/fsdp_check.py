@@ -1,11 +1,11 @@
-"""The Trainer's FSDP2 path on 2 GPUs, in one go: `KSAMTrainer.train()` with `--fsdp full_shard` and
+"""The Trainer's FSDP2 path on 2 GPUs (or `--nproc 1`: one GPU, the Trainer's FSDP2 code on one shard), in one go: `KSAMTrainer.train()` with `--fsdp full_shard` and
 FSDP version 2 against the same run under DDP with `sam_sync_ascent=True` (under full sharding the
 ascent is synced, so the two are the same algorithm). Prints PASS / FAIL and exits 1 on FAIL.
 
 Accelerate enables FSDP only on accelerators, so this cannot run on the CPU; the sharded step itself
 is tested on CPU processes in tests/distributed/test_fsdp.py. Not run yet (no GPU machine lent).
 
-    python -m benchmarks.fsdp_check [--sam_mode sam|ksam] [--output runs/benchmarks/fsdp_check]
+    python -m benchmarks.fsdp_check [--sam_mode sam|ksam] [--nproc 2] [--output runs/benchmarks/fsdp_check]
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ def worker(out: Path, sharding: str, sam_mode: str) -> None:
     dist.destroy_process_group()
 
 
-def launch(out: Path, sharding: str, sam_mode: str, timeout: float) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+def launch(out: Path, sharding: str, sam_mode: str, nproc: int, timeout: float) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m",
                "benchmarks.fsdp_check", "--worker", sharding, "--sam_mode", sam_mode, "--output", str(out)]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout,
                           env=dict(os.environ, PYTHONPATH=str(REPO)))
@@ -72,25 +72,27 @@ def main(argv: list[str] | None = None) -> bool:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sam_mode", choices=["sam", "ksam"], default="sam")
     parser.add_argument("--output", type=Path, default=REPO / "runs" / "benchmarks" / "fsdp_check")
+    parser.add_argument("--nproc", type=int, default=2, help="processes, one GPU each (1: one unsharded shard)")
     parser.add_argument("--worker", choices=["fsdp2", "ddp"], default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.output.mkdir(parents=True, exist_ok=True)
     if args.worker:
         worker(args.output, args.worker, args.sam_mode)
         return True
-    if torch.cuda.device_count() < 2:
-        print(f"FAIL: needs 2 CUDA devices, found {torch.cuda.device_count()}")
+    if torch.cuda.device_count() < args.nproc:
+        print(f"FAIL: needs {args.nproc} CUDA devices, found {torch.cuda.device_count()}")
         return False
     runs = {}
     for sharding in ("ddp", "fsdp2"):
-        done = launch(args.output, sharding, args.sam_mode, timeout=600)
+        done = launch(args.output, sharding, args.sam_mode, args.nproc, timeout=600)
         if done.returncode != 0:
             print(f"FAIL: the {sharding} run failed:\n{(done.stdout + done.stderr)[-4000:]}")
             return False
         runs[sharding] = torch.load(args.output / f"{sharding}.pt")
     worst = max(float((runs["fsdp2"]["weights"][n] - w).abs().max()) for n, w in runs["ddp"]["weights"].items())
     same = worst < 1e-4 and len(runs["fsdp2"]["losses"]) == STEPS
-    print(f"{'PASS' if same else 'FAIL'}: {args.sam_mode} under FSDP2 vs DDP with a synced ascent, {STEPS} steps: "
+    print(f"{'PASS' if same else 'FAIL'}: {args.sam_mode} under FSDP2 vs DDP with a synced ascent, {args.nproc} "
+          f"process(es), {STEPS} steps: "
           f"largest weight difference {worst:.2e}; losses {runs['fsdp2']['losses']} vs {runs['ddp']['losses']}")
     return same
 
