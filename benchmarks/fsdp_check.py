@@ -3,7 +3,8 @@ FSDP version 2 against the same run under DDP with `sam_sync_ascent=True` (under
 ascent is synced, so the two are the same algorithm). Prints PASS / FAIL and exits 1 on FAIL.
 
 Accelerate enables FSDP only on accelerators, so this cannot run on the CPU; the sharded step itself
-is tested on CPU processes in tests/distributed/test_fsdp.py. Not run yet (no GPU machine lent).
+is tested on CPU processes in tests/distributed/test_fsdp.py. Run with `--nproc 1` on one H200 (PASS,
+bit for bit: docs/performance/fsdp_check_h200_1gpu.txt); not yet on 2 GPUs.
 
     python -m benchmarks.fsdp_check [--sam_mode sam|ksam] [--nproc 2] [--output runs/benchmarks/fsdp_check]
 """

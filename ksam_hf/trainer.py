@@ -123,8 +123,8 @@ class SharpnessAwareStepMixin:
                 "(`accelerate launch` / `torchrun` without a DeepSpeed or FSDP config), or `sam_mode='none'`.")
         if self.is_fsdp_enabled:
             logger.warning(f"sam_mode={self.args.sam_mode!r} under FSDP2: the sharded step is tested on CPU processes "
-                           "(gloo) outside the Trainer; the Trainer's FSDP2 path (GPUs only) has not run yet. See "
-                           "the README's multi-process section.")
+                           "(gloo) outside the Trainer, and the Trainer's FSDP2 path on one GPU (nothing sharded); it "
+                           "has not run sharded across GPUs yet. See the README's multi-process section.")
         if self.is_fsdp_enabled and self.args.gradient_accumulation_steps > 1:
             raise ValueError(
                 f"`sam_mode`={self.args.sam_mode!r} under FSDP2 does not support gradient accumulation yet "
