@@ -1,0 +1,288 @@
+"""The cost/gain frontier of the SAM rules (issue 29): what each rule gains over AdamW, the share of
+SAM's gain it keeps, what it costs, and the default rule that follows from them.
+
+Reads one cell's rows (`<cell>/results.jsonl`, written by `reproduce_glue.py --spec`) and the step
+benchmark's JSON files (`python -m benchmarks.step_time`: the CPU's, a GPU's). Per method, over the
+seeds it shares with AdamW and SAM: the held-out and dev scores; the paired difference to AdamW
+and to SAM (95 % t-intervals); the share of SAM's gain kept, (rule - AdamW) / (SAM - AdamW) on the
+held-out score, with a paired bootstrap interval over seeds (scipy.stats.bootstrap, percentile); its
+cost, as the median over seeds of its median step time / AdamW's in the same runs, and as the
+benchmark's paired ratio (a schedule that perturbs a share p of the steps costs p x its rule's ratio
++ (1 - p) x AdamW's); and, where a run watched it, the share of flipped labels among the examples
+its rule kept. Writes `frontier.md`, `frontier.png` (gain against cost) and `frontier_curves.png`.
+
+    python -m glue_scripts.summarize_frontier docs/results/frontier/sst2-n1000-noise30 --sam sam@sam_rho=0.1 \
+        --benchmarks docs/performance/step_time_minilm_fixed_cpu_no_page_faults_cheap_rules.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from scipy import stats
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from glue_scripts.reproduce_glue import interval, load_rows, short_name  # noqa: E402
+from glue_scripts.summarize_cells import flat, mean, paired  # noqa: E402
+
+CONTROL = "random_direction"
+"""The control (a random perturbation of the same radius): reported, never chosen as the default."""
+DEFAULT_COST_LIMIT = 1.1
+"""Issue 29's rule: the cheapest rule whose gain is not separated from SAM's, if its step costs at most
+this many AdamW steps; otherwise the rule with the best gain per cost."""
+
+
+def benchmark_runner(settings: dict[str, str]) -> tuple[Optional[str], float]:
+    """The step benchmark's runner that times a run's rule, and the share of steps it perturbs (1 but
+    for a SAM schedule: `sam_every_n_steps` n perturbs 1/n, `sam_start_fraction` f perturbs 1 - f,
+    `sam_step_share` s perturbs s). None for a rule the benchmark does not time."""
+    optimizer = settings["optimizer"]
+    share = (1.0 / int(settings.get("sam_every_n_steps", 1))) * (1.0 - float(settings.get("sam_start_fraction", 0.0))) \
+        * float(settings.get("sam_step_share", 1.0))
+    if optimizer in ("adamw", "sam", "momentum", "random_direction"):
+        return optimizer, share
+    selection, k = settings.get("ksam_selection"), float(settings.get("ksam_k", 0.25))
+    if selection == "random_ascent":
+        return f"random_ascent@{k:g}", share
+    if k == 0.25:
+        return {"loss_sampled": "ksam@0.25", "top_k": "ksam@0.25+top_k",
+                "top_k_ascent": "ksam@0.25+top_k_ascent"}.get(selection), share
+    return None, share
+
+
+def benchmark_ratios(path: Path) -> tuple[str, dict[str, float]]:
+    """(the benchmark's label: model, batch, device; runner -> paired median ratio to AdamW)."""
+    data = json.loads(path.read_text())
+    args = data.get("args", {})
+    label = f"{args.get('model', '?')} {args.get('batch_size', '?')}x{args.get('seq_len', '?')} {args.get('device', '?')}"
+    return label, {row["method"]: row["paired_ratio_to_adamw"] for row in data["rows"]}
+
+
+def benchmark_cost(settings: dict[str, str], ratios: dict[str, float]) -> Optional[float]:
+    runner, share = benchmark_runner(settings)
+    if runner is None or runner not in ratios:
+        return None
+    return share * ratios[runner] + (1.0 - share) * ratios.get("adamw", 1.0)
+
+
+def kept_share(rows: list[dict], method: str, baseline: str, sam: str, key: str = "heldout_score"
+               ) -> tuple[Optional[float], Optional[float], Optional[float]]:
+    """(rule - baseline) / (SAM - baseline) of the means over the seeds all three have, and its 95 %
+    paired bootstrap interval (percentile; none for fewer than 3 seeds)."""
+    by = {(r["method"], r["seed"]): r.get(key) for r in rows}
+    seeds = sorted(s for (m, s) in by if m == method and None not in (by[m, s], by.get((baseline, s)), by.get((sam, s))))
+    if not seeds:
+        return None, None, None
+    rule = np.array([by[method, s] - by[baseline, s] for s in seeds])
+    gain = np.array([by[sam, s] - by[baseline, s] for s in seeds])
+    if gain.mean() == 0:
+        return None, None, None
+    point = float(rule.mean() / gain.mean())
+    if len(seeds) < 3:
+        return point, None, None
+    if np.allclose(rule, point * gain):  # every seed keeps the same share: no spread to resample
+        return point, point, point
+    found = stats.bootstrap((rule, gain), lambda a, b, axis=-1: a.mean(axis=axis) / b.mean(axis=axis), paired=True,
+                            vectorized=True, n_resamples=9999, method="percentile", random_state=0)
+    return point, float(found.confidence_interval.low), float(found.confidence_interval.high)
+
+
+@dataclass
+class RuleRow:
+    method: str
+    seeds: int
+    heldout: Optional[float]
+    dev: Optional[float]
+    heldout_loss: Optional[float]
+    final_train_loss: Optional[float]
+    vs_adamw: list[float]
+    vs_adamw_dev: list[float]
+    vs_sam: list[float]
+    share: tuple[Optional[float], Optional[float], Optional[float]]
+    step_ratio: Optional[float]
+    benchmark: list[Optional[float]]
+    flipped_kept: Optional[float]
+
+
+def step_ratio(rows: list[dict], method: str, baseline: str) -> Optional[float]:
+    """Median over seeds of the run's median step time / the baseline's (same seed, same machine)."""
+    ratios = [r["step"] / b["step"] for r in rows for b in rows if r["method"] == method and b["method"] == baseline
+              and b["seed"] == r["seed"] and r.get("step") and b.get("step") and r.get("machine") == b.get("machine")]
+    return statistics.median(ratios) if ratios else None
+
+
+def rule_rows(rows: list[dict], baseline: str, sam: str, benchmarks: list[dict[str, float]]) -> list[RuleRow]:
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    methods = [m for m in (baseline, sam) if m in methods] + [m for m in methods if m not in (baseline, sam)]
+    table = []
+    for method in methods:
+        own = [r for r in rows if r["method"] == method]
+        table.append(RuleRow(
+            method, len(own), mean([r.get("heldout_score") for r in own]), mean([r["score"] for r in own]),
+            mean([r.get("heldout_loss") for r in own]),
+            mean([r["curve"][-1]["loss"] if r.get("curve") else None for r in own]),
+            [] if method == baseline else paired(rows, method, baseline, "heldout_score"),
+            [] if method == baseline else paired(rows, method, baseline, "score"),
+            [] if method in (baseline, sam) else paired(rows, method, sam, "heldout_score"),
+            (None, None, None) if method in (baseline, sam) else kept_share(rows, method, baseline, sam),
+            None if method == baseline else step_ratio(rows, method, baseline),
+            [benchmark_cost(own[0]["settings"], ratios) for ratios in benchmarks],
+            mean([r["results"].get("train_mean_kept_label_flipped") for r in own])))
+    return table
+
+
+def choose_default(table: list[RuleRow], baseline: str, sam: str, limit: float = DEFAULT_COST_LIMIT
+                   ) -> tuple[Optional[str], str]:
+    """Issue 29's default from the table, costs from the first benchmark: (method, why)."""
+    candidates = [r for r in table if r.method not in (baseline, sam) and not r.method.startswith(CONTROL)
+                  and r.benchmark and r.benchmark[0] is not None and r.vs_sam]
+    if not candidates:
+        return None, "no rule has both a benchmark cost and paired seeds with SAM"
+    if any(len(r.vs_sam) < 2 for r in candidates):
+        return None, "undecided: a rule has fewer than 2 seeds paired with SAM, so no interval"
+    kept = [r for r in candidates if interval(r.vs_sam)[2] >= 0]  # rule - SAM not separated below 0
+    cheap = sorted((r for r in kept if r.benchmark[0] <= limit), key=lambda r: r.benchmark[0])
+    if cheap:
+        return cheap[0].method, (f"the cheapest rule whose held-out gain is not separated from SAM's "
+                                 f"({cheap[0].benchmark[0]:.2f}x AdamW, at most {limit}x)")
+
+    def per_cost(r: RuleRow) -> float:
+        return interval(r.vs_adamw)[0] / max(r.benchmark[0] - 1.0, 0.05)
+
+    best = max(candidates, key=per_cost)
+    return best.method, (f"no rule at most {limit}x AdamW keeps a gain not separated from SAM's: the best held-out "
+                         f"gain per extra AdamW step ({per_cost(best) * 100:+.1f} points at {best.benchmark[0]:.2f}x)")
+
+
+def fmt(value: Optional[float], scale: float = 100, digits: int = 1, sign: bool = False) -> str:
+    if value is None:
+        return "—"
+    return f"{scale * value:{'+' if sign else ''}.{digits}f}"
+
+
+def diff(values: list[float]) -> str:
+    if not values:
+        return ""
+    middle, low, high = interval(values)
+    return fmt(middle, sign=True) + (f" [{fmt(low, sign=True)}, {fmt(high, sign=True)}]" if low is not None else " (n=1)")
+
+
+def table_lines(table: list[RuleRow], labels: list[str]) -> list[str]:
+    head = ["method", "seeds", "held-out", "dev", "held-out loss", "final train loss", "held-out - AdamW",
+            "dev - AdamW", "held-out - SAM", "share of SAM's gain kept", "step / AdamW (runs)",
+            *[f"bench. x AdamW ({label})" for label in labels], "flipped among kept"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for r in table:
+        point, low, high = r.share
+        share = "" if point is None else fmt(point, 100, 0) + " %" + (
+            f" [{fmt(low, 100, 0)}, {fmt(high, 100, 0)}]" if low is not None else "")
+        lines.append("| " + " | ".join([
+            r.method, str(r.seeds), fmt(r.heldout), fmt(r.dev), fmt(r.heldout_loss, 1, 3), fmt(r.final_train_loss, 1, 3),
+            diff(r.vs_adamw), diff(r.vs_adamw_dev), diff(r.vs_sam), share, fmt(r.step_ratio, 1, 2),
+            *[fmt(cost, 1, 2) for cost in r.benchmark], fmt(r.flipped_kept, 100, 0) + (" %" if r.flipped_kept is not None else "")]) + " |")
+    return lines
+
+
+def plot_frontier(table: list[RuleRow], labels: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, max(len(labels), 1), figsize=(5.6 * max(len(labels), 1), 4.4), squeeze=False)
+    for column, label in enumerate(labels):
+        ax = axes[0][column]
+        for i, r in enumerate(table):
+            cost = r.benchmark[column]
+            if cost is None:
+                continue
+            middle, low, high = interval(r.vs_adamw) if r.vs_adamw else (0.0, None, None)
+            error = None if low is None else [[100 * (middle - low)], [100 * (high - middle)]]
+            ax.errorbar([cost], [100 * middle], yerr=error, fmt="o", color=f"C{i % 10}", capsize=3)
+            ax.annotate(short_name(r.method), (cost, 100 * middle), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xlabel(f"step cost, x AdamW ({label})")
+        ax.set_ylabel("held-out score - AdamW, x 100 (mean, 95 % interval)")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_curves(rows: list[dict], methods: list[str], path: Path) -> None:
+    """Per method, mean over seeds: the dev score after each epoch and the logged training loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 6.4), sharex=True)
+    for i, method in enumerate(methods):
+        own = [r for r in rows if r["method"] == method]
+        epochs: dict[float, list[float]] = {}
+        losses: dict[float, list[float]] = {}
+        for r in own:
+            for e in r.get("epochs", []):
+                epochs.setdefault(e["epoch"], []).append(100 * e["score"])
+            for log in r.get("curve", []):
+                losses.setdefault(round(log["epoch"], 2), []).append(log["loss"])
+        label = f"{short_name(method)} ({len(own)} seeds)"
+        top.plot(sorted(epochs), [statistics.mean(epochs[e]) for e in sorted(epochs)], marker=".", color=f"C{i}", label=label)
+        bottom.plot(sorted(losses), [statistics.mean(losses[e]) for e in sorted(losses)], color=f"C{i}", lw=0.9)
+    top.set_ylabel("dev score x 100 (mean over seeds)")
+    bottom.set_ylabel("training loss (noisy labels)")
+    bottom.set_xlabel("epoch")
+    top.legend(fontsize=7)
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: Optional[list[str]] = None) -> tuple[list[RuleRow], Optional[str]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("cell_dir", type=Path, help="a folder holding one cell's results.jsonl")
+    parser.add_argument("--baseline", default="adamw")
+    parser.add_argument("--sam", required=True, help="the SAM method the shares are of, e.g. sam@sam_rho=0.1")
+    parser.add_argument("--benchmarks", type=Path, nargs="*", default=[],
+                        help="step_time JSON files; the first one's costs decide the default")
+    args = parser.parse_args(argv)
+    rows = [flat(r) for r in load_rows(args.cell_dir / "results.jsonl")]
+    if not any(r["method"] == args.sam for r in rows):
+        raise SystemExit(f"summarize_frontier: no run of --sam {args.sam} in {args.cell_dir / 'results.jsonl'}")
+    labelled = [benchmark_ratios(path) for path in args.benchmarks]
+    labels = [label for label, _ in labelled]
+    table = rule_rows(rows, args.baseline, args.sam, [ratios for _, ratios in labelled])
+    default, why = choose_default(table, args.baseline, args.sam)
+    best = sorted((r for r in table if r.method not in (args.baseline, args.sam) and r.vs_adamw),
+                  key=lambda r: -interval(r.vs_adamw)[0])[:3]
+    text = [f"Written by `python -m glue_scripts.summarize_frontier {' '.join(sys.argv[1:] if argv is None else argv)}`.",
+            "", "Scores x 100, means over seeds; differences paired by seed (the same sample and noise draw), mean "
+            "[95 % t-interval]. Share of SAM's gain kept: on the held-out score, [95 % paired bootstrap]. Step / "
+            "AdamW (runs): median over seeds of the run's median step time over AdamW's (a SAM schedule's median "
+            "is that of its plain or its perturbed steps, not its mean). Benchmark: `benchmarks.step_time`'s paired "
+            "ratio, a schedule weighted by the share of steps it perturbs. Flipped among kept: the share of examples "
+            "with a flipped label among those the rule kept for its ascent (the noise's share when drawn at random).",
+            "", *table_lines(table, labels), "",
+            f"Default by issue 29's rule: **{default or 'none'}**: {why}.", ""]
+    (args.cell_dir / "frontier.md").write_text("\n".join(text))
+    if labels:
+        plot_frontier(table, labels, args.cell_dir / "frontier.png")
+    plot_curves(rows, [args.baseline, args.sam] + [r.method for r in best], args.cell_dir / "frontier_curves.png")
+    print("\n".join(text))
+    return table, default
+
+
+if __name__ == "__main__":
+    main()

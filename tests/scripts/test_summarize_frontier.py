@@ -1,0 +1,110 @@
+"""The frontier summary against numbers computed here: rows built so that each quantity is known."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+
+import pytest
+from scipy import stats
+
+from glue_scripts import summarize_frontier
+
+SEEDS = [1, 2, 3, 4]
+ADAMW = [0.70, 0.72, 0.69, 0.71]
+SAM_GAIN = [0.08, 0.06, 0.09, 0.05]
+SAM = "sam@sam_rho=0.1"
+MOMENTUM = "momentum@sam_rho=0.1"
+DEFAULT = "ksam@ksam_selection=top_k_ascent@ksam_k=0.25@sam_rho=0.1"
+RANDOM = "ksam@ksam_selection=random_ascent@ksam_k=0.125@sam_rho=0.1"
+LATE = "sam@sam_start_fraction=0.7@sam_rho=0.1"
+CONTROL = "random_direction@sam_rho=0.1"
+OFFSETS = {  # held-out score - AdamW's, per seed
+    SAM: SAM_GAIN,
+    MOMENTUM: [0.5 * g for g in SAM_GAIN],  # half of SAM's gain on every seed: separated below SAM
+    DEFAULT: [g + d for g, d in zip(SAM_GAIN, [0.01, -0.02, 0.015, -0.01])],
+    RANDOM: [g + d for g, d in zip(SAM_GAIN, [-0.01, 0.01, 0.0, -0.005])],
+    LATE: [0.02, 0.01, 0.03, 0.0],
+    CONTROL: [0.09, 0.07, 0.10, 0.06],  # better than SAM, but the control is never the default
+}
+SETTINGS = {
+    "adamw": {"optimizer": "adamw"},
+    SAM: {"optimizer": "sam"},
+    MOMENTUM: {"optimizer": "momentum"},
+    DEFAULT: {"optimizer": "ksam", "ksam_selection": "top_k_ascent", "ksam_k": "0.25"},
+    RANDOM: {"optimizer": "ksam", "ksam_selection": "random_ascent", "ksam_k": "0.125"},
+    LATE: {"optimizer": "sam", "sam_start_fraction": "0.7"},
+    CONTROL: {"optimizer": "random_direction"},
+}
+BENCHMARK = {"adamw": 1.0, "sam": 2.0, "momentum": 1.05, "ksam@0.25+top_k_ascent": 1.6, "random_ascent@0.125": 1.1,
+             "random_direction": 1.0}
+FLIPPED_KEPT = [0.6, 0.7, 0.65, 0.65]
+
+
+def write_cell(folder) -> None:
+    lines = []
+    for index, seed in enumerate(SEEDS):
+        for method in ["adamw", *OFFSETS]:
+            heldout = ADAMW[index] + (OFFSETS[method][index] if method != "adamw" else 0.0)
+            results = {"train_median_step_time": 0.4 * (1.5 if method == DEFAULT else 1.0), "eval_loss": 0.5,
+                       "heldout_loss": 0.6}
+            if method == DEFAULT:
+                results["train_mean_kept_label_flipped"] = FLIPPED_KEPT[index]
+            lines.append(json.dumps({
+                "task": "sst2", "method": method, "seed": seed, "score": heldout - 0.01, "heldout_score": heldout,
+                "machine": "m", "settings": SETTINGS[method], "results": results,
+                "curve": [{"epoch": 1.0, "loss": 0.3}], "epochs": [{"epoch": 1.0, "score": heldout}]}))
+    (folder / "results.jsonl").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def summarized(tmp_path):
+    write_cell(tmp_path)
+    benchmark = tmp_path / "bench.json"
+    benchmark.write_text(json.dumps({"args": {"model": "minilm", "batch_size": 32, "seq_len": 128, "device": "cpu"},
+                                     "rows": [{"method": m, "paired_ratio_to_adamw": r} for m, r in BENCHMARK.items()]}))
+    table, default = summarize_frontier.main([str(tmp_path), "--sam", SAM, "--benchmarks", str(benchmark)])
+    return tmp_path, {row.method: row for row in table}, default
+
+
+def t_interval(values: list[float]) -> tuple[float, float, float]:
+    middle = statistics.mean(values)
+    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return middle, middle - half, middle + half
+
+
+def test_paired_differences_and_shares_are_the_ones_computed_by_hand(summarized):
+    _, rows, _ = summarized
+    from glue_scripts.reproduce_glue import interval
+
+    assert interval(rows[SAM].vs_adamw) == pytest.approx(t_interval(SAM_GAIN))
+    assert rows[MOMENTUM].share == pytest.approx((0.5, 0.5, 0.5))  # the same share on every seed
+    point, low, high = rows[DEFAULT].share
+    assert point == pytest.approx(statistics.mean(OFFSETS[DEFAULT]) / statistics.mean(SAM_GAIN))
+    assert low < point < high
+    vs_sam = [d - g for d, g in zip(OFFSETS[RANDOM], SAM_GAIN)]
+    assert interval(rows[RANDOM].vs_sam) == pytest.approx(t_interval(vs_sam))
+
+
+def test_costs_flipped_shares_and_the_default(summarized):
+    folder, rows, default = summarized
+    assert rows[LATE].benchmark == [pytest.approx(0.3 * 2.0 + 0.7 * 1.0)]  # SAM on the last 30 % of the steps
+    assert rows[DEFAULT].benchmark == [1.6] and rows[DEFAULT].step_ratio == pytest.approx(1.5)
+    assert rows[DEFAULT].flipped_kept == pytest.approx(statistics.mean(FLIPPED_KEPT))
+    assert rows[SAM].flipped_kept is None
+    # momentum (1.05x) is separated below SAM; random_ascent (1.1x) is not, and is the cheapest such rule
+    assert default == RANDOM
+    text = (folder / "frontier.md").read_text()
+    assert f"**{RANDOM}**" in text and "65 %" in text
+    assert (folder / "frontier.png").stat().st_size > 0 and (folder / "frontier_curves.png").stat().st_size > 0
+
+
+def test_without_a_cheap_rule_the_best_gain_per_extra_step_is_the_default(summarized):
+    _, rows, _ = summarized
+    table = list(rows.values())
+    default, why = summarize_frontier.choose_default(table, "adamw", SAM, limit=1.0)
+    per_cost = {m: statistics.mean(OFFSETS[m]) / max(BENCHMARK[b] - 1.0, 0.05)
+                for m, b in [(MOMENTUM, "momentum"), (DEFAULT, "ksam@0.25+top_k_ascent"), (RANDOM, "random_ascent@0.125")]}
+    per_cost[LATE] = statistics.mean(OFFSETS[LATE]) / 0.3
+    assert default == max(per_cost, key=per_cost.get) and "gain per extra AdamW step" in why
