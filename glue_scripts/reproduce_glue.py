@@ -99,11 +99,11 @@ class ReproductionArguments:
     min_free_gb: float = field(
         default=5.0, metadata={"help": "Refuse to start a run with less free disk than this (GB) under --runs_dir."})
     baseline: str = field(default="adamw", metadata={"help": "Method that times are relative to."})
-    reuse_runs_from: Optional[str] = field(
-        default=None,
-        metadata={"help": "Another results.jsonl: its runs whose settings are exactly those of a run of this grid "
-                          "are recorded here under this grid's method name (marked `reused_from`) instead of "
-                          "being run again."})
+    reuse_runs_from: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Other results.jsonl files, read in order: their runs whose settings are exactly those of a "
+                          "run of this grid are recorded here under this grid's method name (marked `reused_from`) "
+                          "instead of being run again."})
     summarize_only: bool = field(default=False, metadata={"help": "Rewrite the summary from results.jsonl."})
     plan_only: bool = field(
         default=False,
@@ -681,8 +681,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         for method in args.methods:
             method_settings(method, args)  # refuse a bad method before hours of runs
         check_free_disk(Path(args.runs_dir), args.min_free_gb)
-        if args.reuse_runs_from:
-            for row in reusable_rows(Path(args.reuse_runs_from), raw, args):
+        for source in args.reuse_runs_from:
+            for row in reusable_rows(Path(source), raw, args):
                 append_row(raw, row)
         for task, method, seed in grid_runs(args):
             settings = run_settings(task, method, seed, args)
@@ -718,8 +718,8 @@ def recorded_runs(raw: Path) -> set[tuple[str, str, int, str]]:
 def print_plan(raw: Path, args: ReproductionArguments) -> None:
     """One line per run of the grid, in the order they run: `done`, `reused` (recorded by
     `--reuse_runs_from` when the grid starts) or `to run`; then the counts. Writes nothing."""
-    lent = {(r["task"], r["method"], r["seed"]) for r in reusable_rows(Path(args.reuse_runs_from), raw, args)} \
-        if args.reuse_runs_from else set()
+    lent = {(r["task"], r["method"], r["seed"]) for source in args.reuse_runs_from
+            for r in reusable_rows(Path(source), raw, args)}
     recorded, states = recorded_runs(raw), []
     for task, method, seed in grid_runs(args):
         state = "done" if (task, method, seed, run_key(run_settings(task, method, seed, args))) in recorded else \

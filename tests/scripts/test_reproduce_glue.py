@@ -158,6 +158,26 @@ def test_runs_of_another_grid_with_the_same_settings_are_reused(tmp_path, monkey
     assert recorded[0]["reused_from"].endswith("results.jsonl: adamw@learning_rate=1e-4")
 
 
+def test_runs_are_reused_from_several_files_in_order_and_never_twice(tmp_path, monkeypatch):
+    sources = grid(tmp_path, methods=["adamw"], learning_rate=1e-4, seeds=[1, 2])
+    key = {seed: rg.run_key(rg.run_settings("rte", "adamw", seed, sources)) for seed in (1, 2)}
+
+    def source(name: str, runs: list[tuple[int, float]]) -> str:
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"task": "rte", "method": "adamw", "seed": seed, "key": key[seed],
+                                            "metric": "accuracy", "score": score, "results": {}}) + "\n"
+                                for seed, score in runs))
+        return str(path)
+
+    first, second = source("first", [(1, 0.6)]), source("second", [(1, 0.1), (2, 0.7)])
+    monkeypatch.setattr(rg, "run_one", lambda *args: pytest.fail(f"ran {args[:3]} again"))
+    rg.main(["--model_name_or_path", "m", "--tasks", "rte", "--methods", "adamw", "--seeds", "1", "2",
+             "--learning_rate", "1e-4", "--results_dir", str(tmp_path / "grid"), "--runs_dir", str(tmp_path / "runs"),
+             "--reuse_runs_from", first, second])
+    recorded = [json.loads(line) for line in (tmp_path / "grid" / "results.jsonl").read_text().splitlines()]
+    assert [(r["seed"], r["score"], r["reused_from"].split(":")[0]) for r in recorded] == [(1, 0.6, first), (2, 0.7, second)]
+
+
 def test_the_plan_lists_done_reused_and_pending_runs_and_writes_nothing(tmp_path, capsys):
     tuning = grid(tmp_path, methods=["adamw"], learning_rate=1e-4, seeds=[1])
     lent = {"task": "rte", "method": "adamw@learning_rate=1e-4", "seed": 1, "metric": "accuracy", "score": 0.6,
