@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 
@@ -409,3 +410,12 @@ def test_a_grid_refuses_to_start_on_a_nearly_full_disk(tmp_path, monkeypatch, ca
         rg.main(["--model_name_or_path", "m", "--tasks", "rte", "--methods", "adamw", "--seeds", "1",
                  "--results_dir", str(tmp_path), "--runs_dir", str(tmp_path / "runs")])
     assert "free disk under" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("spec", sorted((rg.REPO / "glue_scripts" / "grids").glob("*.json")), ids=lambda p: p.name)
+def test_every_committed_spec_plans_without_writing(spec, capsys, monkeypatch):
+    """A spec with an unknown argument, method or field fails here, not hours into a grid."""
+    monkeypatch.chdir(rg.REPO)
+    rg.main(["--spec", str(spec), "--plan_only"])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.fullmatch(r"\d+ done, \d+ reused, \d+ to run of [1-9]\d*", last), last
