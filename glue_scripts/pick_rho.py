@@ -1,18 +1,22 @@
-"""Print, as JSON, each SAM method's rho with the best mean dev score over the tuning tasks.
+"""Print, as JSON, each SAM method's rho with the best mean score over the tuning tasks.
 
     python -m glue_scripts.pick_rho docs/results/glue-tuning    # -> {"sam": 0.01, "top_k": ..., ...}
+    python -m glue_scripts.pick_rho docs/results/frontier/tuning/sst2-n1000-noise30 --by-method --score heldout_score
+        # -> {"momentum": 0.2, "sam@sam_every_n_steps=2": 0.1, ...}: the methods of the frontier, rho left out
 
 A run's family is read from the settings it recorded (`optimizer`, `ksam_selection`,
-`ksam_loss_share`), so a spec that leaves the selection to the library's default is placed too; only
-rhos run on every tuning task compete; a tie goes to the smaller rho. Adaptive k (`ksam_loss_share`,
-a variable k) takes the loss-sampled rho unless it was tuned itself.
+`ksam_loss_share`), so a spec that leaves the selection to the library's default is placed too; with
+`--by-method` it is the run's method spec without its `sam_rho` (so that schedules and k's are rules
+of their own). Only rhos run on every tuning task compete; a tie goes to the smaller rho. Adaptive k
+(`ksam_loss_share`, a variable k) takes the loss-sampled rho unless it was tuned itself.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
+from typing import Optional
 
 from glue_scripts.reproduce_glue import load_rows
 
@@ -28,13 +32,20 @@ def family(settings: dict[str, str]) -> str | None:
     return settings["ksam_selection"]
 
 
-def pick(rows: list[dict]) -> dict[str, float]:
+def rule_of(row: dict) -> str | None:
+    """The run's method spec without its `sam_rho` (None for a method without one: the base optimizer)."""
+    if "sam_rho" not in row["settings"]:
+        return None
+    return "@".join(part for part in row["method"].split("@") if not part.startswith("sam_rho="))
+
+
+def pick(rows: list[dict], score: str = "score", by_method: bool = False) -> dict[str, float]:
     tasks = {r["task"] for r in rows}
     scores: dict[tuple[str, float], dict[str, float]] = {}
     for r in rows:
-        name = family(r["settings"])
-        if name is not None:
-            scores.setdefault((name, float(r["settings"]["sam_rho"])), {})[r["task"]] = r["score"]
+        name = rule_of(r) if by_method else family(r["settings"])
+        if name is not None and r.get(score) is not None:
+            scores.setdefault((name, float(r["settings"]["sam_rho"])), {})[r["task"]] = r[score]
     best: dict[str, tuple[float, float]] = {}
     for (name, rho), by_task in sorted(scores.items(), key=lambda item: item[0][1]):
         if set(by_task) == tasks:
@@ -42,10 +53,19 @@ def pick(rows: list[dict]) -> dict[str, float]:
             if name not in best or mean > best[name][0]:
                 best[name] = (mean, rho)
     picked = {name: rho for name, (_, rho) in best.items()}
-    if "loss_sampled" in picked:
+    if "loss_sampled" in picked and not by_method:
         picked.setdefault("adaptive_k", picked["loss_sampled"])  # the same rule with a variable k
     return picked
 
 
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("results_dir", type=Path)
+    parser.add_argument("--score", default="score", help="the row's key to maximise: score (dev) or heldout_score")
+    parser.add_argument("--by-method", action="store_true", help="one rho per method spec, not per family")
+    args = parser.parse_args(argv)
+    print(json.dumps(pick(load_rows(args.results_dir / "results.jsonl"), args.score, args.by_method), indent=2))
+
+
 if __name__ == "__main__":
-    print(json.dumps(pick(load_rows(Path(sys.argv[1]) / "results.jsonl")), indent=2))
+    main()

@@ -139,6 +139,25 @@ def test_pick_rho_takes_each_family_best_mean_over_the_tasks():
     assert pick(only_sampled) == {"loss_sampled": 0.01, "adaptive_k": 0.01}  # adaptive k takes it
 
 
+def test_pick_rho_by_method_keeps_schedules_and_ks_apart_and_reads_the_asked_score():
+    from glue_scripts.pick_rho import pick
+
+    def row(method, heldout, dev):
+        settings = {"optimizer": method.split("@")[0]}
+        settings.update(dict(part.split("=") for part in method.split("@")[1:]))
+        return {"task": "sst2", "method": method, "score": dev, "heldout_score": heldout, "settings": settings}
+
+    rows = [row("sam@sam_rho=0.1", 0.79, 0.70), row("sam@sam_rho=0.2", 0.75, 0.76),
+            row("sam@sam_every_n_steps=2@sam_rho=0.1", 0.70, 0.70), row("sam@sam_every_n_steps=2@sam_rho=0.2", 0.72, 0.60),
+            row("ksam@ksam_selection=random_ascent@ksam_k=0.125@sam_rho=0.1", 0.74, 0.74),
+            row("ksam@ksam_selection=random_ascent@ksam_k=0.125@sam_rho=0.2", 0.73, 0.73),
+            row("ksam@ksam_selection=random_ascent@ksam_k=0.25@sam_rho=0.2", 0.76, 0.76), row("adamw", 0.9, 0.9)]
+    assert pick(rows, "heldout_score", by_method=True) == {
+        "sam": 0.1, "sam@sam_every_n_steps=2": 0.2, "ksam@ksam_selection=random_ascent@ksam_k=0.125": 0.1,
+        "ksam@ksam_selection=random_ascent@ksam_k=0.25": 0.2}
+    assert pick(rows, "score", by_method=True)["sam"] == 0.2  # on dev, rho 0.2 wins
+
+
 def test_runs_of_another_grid_with_the_same_settings_are_reused(tmp_path, monkeypatch):
     """A tuning run is the grid's run when every setting agrees: recorded under the grid's name."""
     tuning = grid(tmp_path / "tuning", methods=["adamw@learning_rate=1e-4"], learning_rate=1e-4, seeds=[1])
