@@ -57,6 +57,16 @@ def per_sequence_losses(outputs: Any, inputs: Mapping[str, Any], shift: bool, la
     return sums, counts
 
 
+def sequence_label_counts(inputs: Mapping[str, Any], shift: bool) -> torch.Tensor:
+    """Each sequence's number of labelled tokens, read from the labels alone (no forward pass), as
+    `per_sequence_losses` counts them; on the CPU."""
+    labels = inputs["labels"].detach().cpu()
+    ids = sequence_ids(inputs["position_ids"].detach().cpu()).view(labels.shape)
+    if shift:
+        labels, ids = labels[:, 1:], ids[:, 1:]
+    return torch.zeros(sequence_count(inputs)).index_add(0, ids.reshape(-1), labels.reshape(-1).ne(IGNORE_INDEX).float())
+
+
 def repack(inputs: Mapping[str, Any], kept: torch.Tensor) -> dict[str, Any]:
     """The sequences `kept` (indices in batch order) packed into one row, with the boundary tensors
     of a padding-free collator rebuilt for them; other entries are passed through."""

@@ -25,7 +25,7 @@ from .checks import check_finite_weights, check_model_loss, check_per_example_lo
 from .config import KSAMConfig, KSAMSeq2SeqConfig
 from .per_example_loss import (TOKEN_LEVEL_HEADS, PerExampleLoss, head_kind, label_counts, label_keys,
                                mean_max_probability, per_example_loss_for)
-from .packing import is_packed, per_sequence_losses, repack, sequence_count
+from .packing import is_packed, per_sequence_losses, repack, sequence_count, sequence_label_counts
 from .rows import select_rows, trim_padding
 from .perturbation import Perturbation
 from .rules import PLAIN_STEP, StepRule, step_rule
@@ -310,7 +310,13 @@ class SharpnessAwareStepMixin:
     def _unranked(self, inputs: dict[str, Any]) -> Ranking:
         """The batch's label counts without a forward pass (every example counted as labelled where
         only the loss could tell), with scores of zero."""
-        counts = None if is_packed(inputs) or self._user_loss else label_counts(inputs, self._head)
+        if self._user_loss:
+            counts = None
+        elif is_packed(inputs):
+            counts = sequence_label_counts(inputs, shift=self._head == "causal_lm") \
+                if self._head in PACKABLE_HEADS and torch.is_tensor(inputs.get("labels")) else None
+        else:
+            counts = label_counts(inputs, self._head)
         if counts is None:
             counts = torch.ones(self._batch_size(inputs, None))
         return Ranking(torch.zeros_like(counts), counts)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ksam_hf import KSAMTrainer
-from ksam_hf.packing import per_sequence_losses
+from ksam_hf.packing import per_sequence_losses, sequence_label_counts
 from tests.testing_utils import (assert_gradients_equal, own_losses, packed_and_padded, ranked_by_own_loss,
                                  reference_sam_gradient, rows, tiny_llama)
 
@@ -60,3 +60,22 @@ def test_the_kept_sequences_are_packed_again(make_config):
     kept = trainer.sam_statistics.last_selected.ascent.tolist()
     kept_tokens = sum(LENGTHS[i] for i in kept)
     assert seen == [torch.Size([1, sum(LENGTHS)]), torch.Size([1, kept_tokens]), torch.Size([1, kept_tokens])]
+
+
+def test_random_ascent_never_draws_a_packed_sequence_without_labels(make_config):
+    """A sequence whose labels are all -100 (a prompt the collator masked whole) has nothing to
+    ascend on: the draw skips it, read from the labels, so the perturbation is never lost to a 0/0."""
+    packed, _ = packed_and_padded(LENGTHS, seed=6)
+    starts = torch.cumsum(torch.tensor([0] + LENGTHS), 0)
+    packed["labels"] = packed["labels"].clone()
+    packed["labels"][0, starts[1]:starts[2]] = -100  # the second sequence: no label
+    counts = sequence_label_counts(packed, shift=True)
+    assert counts.tolist() == [n - 1 if i != 1 else 0 for i, n in enumerate(LENGTHS)]
+    model = tiny_llama(seed=7)
+    trainer = KSAMTrainer(model=model, args=make_config(sam_mode="ksam", ksam_k=5, ksam_selection="random_ascent"))
+    for step in range(4):
+        trainer.state.global_step = step
+        model.zero_grad(set_to_none=True)
+        trainer.training_step(model, dict(packed))
+        assert sorted(trainer.sam_statistics.last_selected.ascent.tolist()) == [0, 2, 3, 4, 5]
+    assert trainer.sam_statistics.skipped == 0
