@@ -33,7 +33,8 @@ class StepStatistics:
         self.watched_steps, self.watched_kept, self.watched_batch = 0, 0.0, 0.0
 
     def add_step(self, perturbed: bool) -> None:
-        """One micro-batch, perturbed or (a step the SAM schedule leaves out) plain."""
+        """One micro-batch, perturbed (its descent taken at w + e) or plain (a step the SAM schedule
+        leaves out, momentum's first step, a perturbation skipped)."""
         self.micro_batches += 1
         self.perturbed += int(perturbed)
 

@@ -186,7 +186,6 @@ class SharpnessAwareStepMixin:
         inputs = self._with_decoder_inputs(model, self._prepare_inputs(inputs))
 
         rule = self.rule if self.schedule.perturbs(self.state.global_step, self.state.max_steps) else PLAIN_STEP
-        self.sam_statistics.add_step(rule is not PLAIN_STEP)
         ranked = None
         if rule.needs_ranking:
             with record_function("ksam/rank"):
@@ -195,6 +194,7 @@ class SharpnessAwareStepMixin:
         if watched is not None and isinstance(selected, Selected):
             self._watch(watched, selected, self._batch_size(inputs, ranked))
         if selected is False:  # no example in this micro-batch has a label
+            self.sam_statistics.add_step(perturbed=False)
             self._join_other_processes(model, inputs)
             self._finish_micro_batch(0.0)
             return self._logged_loss(ranked, None, torch.zeros(()))
@@ -206,6 +206,8 @@ class SharpnessAwareStepMixin:
                 self._rows(inputs, selected.descent, batch_size)
         with record_function("ksam/ascent"):
             perturbation = rule.direction.perturbation(self, model, ascent_rows)
+        # A step the schedule leaves plain, momentum's first step (no moment yet), a skipped ascent: unperturbed.
+        self.sam_statistics.add_step(perturbed=perturbation.epsilon is not None)
         with self._perturbed(model, perturbation), record_function("ksam/descent"):
             descent_loss = self._descend(model, descent_rows, selected)
         return self._logged_loss(ranked, perturbation if selected is None else None, descent_loss)

@@ -210,6 +210,7 @@ def perturbed_per_step(tmp_path, **sam) -> list[float]:
 @pytest.mark.parametrize("sam, expected", [
     (dict(sam_mode="sam", sam_every_n_steps=2), [0, 1, 0, 1, 0, 1]),
     (dict(sam_mode="momentum", sam_every_n_steps=3), [0, 0, 1, 0, 0, 1]),
+    (dict(sam_mode="momentum"), [0, 1, 1, 1, 1, 1]),  # no first moment before the first optimizer step
     (dict(sam_mode="ksam", sam_start_fraction=0.5), [0, 0, 0, 1, 1, 1]),
     (dict(sam_mode="random_direction", sam_start_fraction=0.3, sam_every_n_steps=2), [0, 0, 0, 1, 0, 1]),
 ])
