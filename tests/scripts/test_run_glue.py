@@ -689,3 +689,16 @@ def test_the_noise_is_a_share_of_the_first_n_when_max_train_samples_cuts(glue_di
     record = run_glue.shape_training_split(raw, data_args, training_args, run_glue.glue_task("rte"), [0, 1])
     assert record["label_noise_flipped"] == 15 and len(raw["train"]) == 50
     assert sum(a != b for a, b in zip(raw["train"]["label"], truth)) == 15
+
+
+def test_the_readmes_single_run_command_parses_to_the_sam_wins_settings():
+    """The README's one-run command is the grid's run of the SAM-wins cell: it must keep parsing."""
+    import shlex
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    command = readme.split("One run alone", 1)[1].split("```bash", 1)[1].split("```", 1)[0].strip()
+    _, data_args, training_args = parse_args(shlex.split(command)[2:])
+    assert (data_args.task_name, data_args.train_sample, data_args.label_noise, data_args.test_split_rows) == \
+        ("sst2", 1000, 0.3, "62349:67349")
+    assert (training_args.sam_mode, training_args.sam_rho, training_args.per_device_train_batch_size,
+            training_args.num_train_epochs) == ("sam", 0.1, 32, 10.0)
