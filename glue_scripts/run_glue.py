@@ -213,6 +213,11 @@ class StepTimer(TrainerCallback):
     def median(self) -> float:
         return statistics.median(self.durations) if self.durations else math.nan
 
+    @property
+    def mean(self) -> float:
+        """The mean: a SAM schedule's cost (its median is that of its plain or its perturbed steps)."""
+        return statistics.fmean(self.durations) if self.durations else math.nan
+
 
 def given_options(argv: Sequence[str]) -> set[str]:
     """Option names on a command line (`--sam-mode x` and `--sam_mode=x` both give `sam_mode`)."""
@@ -598,6 +603,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         metrics["train_samples"] = len(train_dataset)
         metrics["train_steps"] = train_result.global_step
         metrics["train_median_step_time"] = step_timer.median
+        metrics["train_mean_step_time"] = step_timer.mean
         shares = [log[f"sam_kept_{watched}"] for log in trainer.state.log_history if f"sam_kept_{watched}" in log]
         if shares:  # the mean over the logs (each a mean over its steps)
             metrics[f"train_mean_kept_{watched}"] = round(sum(shares) / len(shares), 4)

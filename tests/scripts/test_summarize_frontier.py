@@ -48,7 +48,7 @@ def write_cell(folder) -> None:
         for method in ["adamw", *OFFSETS]:
             heldout = ADAMW[index] + (OFFSETS[method][index] if method != "adamw" else 0.0)
             results = {"train_median_step_time": 0.4 * (1.5 if method == DEFAULT else 1.0), "eval_loss": 0.5,
-                       "heldout_loss": 0.6}
+                       "heldout_loss": 0.6, "train_mean_step_time": 0.4 * (1.3 if method == LATE else 1.1)}
             if method == DEFAULT:
                 results["train_mean_kept_label_flipped"] = FLIPPED_KEPT[index]
             lines.append(json.dumps({
@@ -94,7 +94,8 @@ def test_paired_differences_and_shares_are_the_ones_computed_by_hand(summarized)
 def test_costs_flipped_shares_and_the_default(summarized):
     folder, rows, default = summarized
     assert rows[LATE].benchmark == [pytest.approx(0.3 * 2.0 + 0.7 * 1.0)]  # SAM on the last 30 % of the steps
-    assert rows[DEFAULT].benchmark == [1.6] and rows[DEFAULT].step_ratio == pytest.approx(1.5)
+    assert rows[DEFAULT].benchmark == [1.6] and rows[DEFAULT].step_ratio == pytest.approx(1.5)  # medians
+    assert rows[LATE].step_ratio == pytest.approx(1.3 / 1.0)  # a schedule: its mean step over AdamW's median
     assert rows[DEFAULT].flipped_kept == pytest.approx(statistics.mean(FLIPPED_KEPT))
     assert rows[SAM].flipped_kept is None
     # momentum (1.05x) is separated below SAM; random_ascent (1.1x) is not, and is the cheapest such rule
