@@ -1,6 +1,7 @@
-"""The Trainer's FSDP2 path on 2 GPUs (or `--nproc 1`: one GPU, the Trainer's FSDP2 code on one shard), in one go: `KSAMTrainer.train()` with `--fsdp full_shard` and
-FSDP version 2 against the same run under DDP with `sam_sync_ascent=True` (under full sharding the
-ascent is synced, so the two are the same algorithm). Prints PASS / FAIL and exits 1 on FAIL.
+"""The Trainer's FSDP2 path on 2 GPUs (`--nproc 1`: on one GPU, nothing sharded), in one go:
+`KSAMTrainer.train()` with `--fsdp full_shard` and FSDP version 2 against the same run under DDP with
+`sam_sync_ascent=True` (under full sharding the ascent is synced, so the two are the same
+algorithm). Prints PASS / FAIL and exits 1 on FAIL.
 
 Accelerate enables FSDP only on accelerators, so this cannot run on the CPU; the sharded step itself
 is tested on CPU processes in tests/distributed/test_fsdp.py. Run with `--nproc 1` on one H200 (PASS,
