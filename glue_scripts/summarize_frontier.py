@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from glue_scripts.reproduce_glue import interval, load_rows, short_name  # noqa: E402
+from glue_scripts.reproduce_glue import difference_cell, interval, load_rows, short_name  # noqa: E402
 from glue_scripts.summarize_cells import flat, mean, paired  # noqa: E402
 
 CONTROL = "random_direction"
@@ -172,17 +172,8 @@ def choose_default(table: list[RuleRow], baseline: str, sam: str, limit: float =
                          f"gain per extra AdamW step ({per_cost(best) * 100:+.1f} points at {best.benchmark[0]:.2f}x)")
 
 
-def fmt(value: Optional[float], scale: float = 100, digits: int = 1, sign: bool = False) -> str:
-    if value is None:
-        return "—"
-    return f"{scale * value:{'+' if sign else ''}.{digits}f}"
-
-
-def diff(values: list[float]) -> str:
-    if not values:
-        return ""
-    middle, low, high = interval(values)
-    return fmt(middle, sign=True) + (f" [{fmt(low, sign=True)}, {fmt(high, sign=True)}]" if low is not None else " (n=1)")
+def fmt(value: Optional[float], scale: float = 100, digits: int = 1) -> str:
+    return "—" if value is None else f"{scale * value:.{digits}f}"
 
 
 def table_lines(table: list[RuleRow], labels: list[str]) -> list[str]:
@@ -196,7 +187,8 @@ def table_lines(table: list[RuleRow], labels: list[str]) -> list[str]:
             f" [{fmt(low, 100, 0)}, {fmt(high, 100, 0)}]" if low is not None else "")
         lines.append("| " + " | ".join([
             r.method, str(r.seeds), fmt(r.heldout), fmt(r.dev), fmt(r.heldout_loss, 1, 3), fmt(r.final_train_loss, 1, 3),
-            diff(r.vs_adamw), diff(r.vs_adamw_dev), diff(r.vs_adamw_best_epoch), diff(r.vs_sam), share, fmt(r.step_ratio, 1, 2),
+            *(difference_cell(values) if values else "" for values in
+              (r.vs_adamw, r.vs_adamw_dev, r.vs_adamw_best_epoch, r.vs_sam)), share, fmt(r.step_ratio, 1, 2),
             *[fmt(cost, 1, 2) for cost in r.benchmark], fmt(r.flipped_kept, 100, 0) + (" %" if r.flipped_kept is not None else "")]) + " |")
     return lines
 

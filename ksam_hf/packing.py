@@ -44,10 +44,10 @@ def per_sequence_losses(outputs: Any, inputs: Mapping[str, Any], shift: bool, la
     """Each sequence's token-loss sum and token count (a causal LM with `shift`: position t predicts
     the label at t + 1, which belongs to the sequence of t + 1; collators mask each sequence's first
     label, so no token is predicted across a boundary)."""
-    logits, labels = _logits(outputs), inputs["labels"].to(_logits(outputs).device)
-    ids = sequence_ids(inputs["position_ids"].to(labels.device)).view(labels.shape)
+    logits = _logits(outputs)
+    labels, ids = _labels_by_sequence(inputs, logits.device, shift)
     if shift:
-        logits, labels, ids = logits[:, :-1, :], labels[:, 1:], ids[:, 1:]
+        logits = logits[:, :-1, :]
     losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
                              ignore_index=IGNORE_INDEX, reduction="none", label_smoothing=label_smoothing)
     count = sequence_count(inputs)
@@ -57,13 +57,19 @@ def per_sequence_losses(outputs: Any, inputs: Mapping[str, Any], shift: bool, la
     return sums, counts
 
 
+def _labels_by_sequence(inputs: Mapping[str, Any], device: torch.device, shift: bool
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The labels each token's loss is taken against, and the sequence of each (a causal LM with
+    `shift`: position t predicts the label at t + 1), on `device`."""
+    labels = inputs["labels"].detach().to(device)
+    ids = sequence_ids(inputs["position_ids"].to(device)).view(labels.shape)
+    return (labels[:, 1:], ids[:, 1:]) if shift else (labels, ids)
+
+
 def sequence_label_counts(inputs: Mapping[str, Any], shift: bool) -> torch.Tensor:
     """Each sequence's number of labelled tokens, read from the labels alone (no forward pass), as
     `per_sequence_losses` counts them; on the CPU."""
-    labels = inputs["labels"].detach().cpu()
-    ids = sequence_ids(inputs["position_ids"].detach().cpu()).view(labels.shape)
-    if shift:
-        labels, ids = labels[:, 1:], ids[:, 1:]
+    labels, ids = _labels_by_sequence(inputs, torch.device("cpu"), shift)
     return torch.zeros(sequence_count(inputs)).index_add(0, ids.reshape(-1), labels.reshape(-1).ne(IGNORE_INDEX).float())
 
 
