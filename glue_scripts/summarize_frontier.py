@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from glue_scripts.reproduce_glue import difference_cell, interval, load_rows, short_name  # noqa: E402
+from glue_scripts.reproduce_glue import at_uniform_predictor, difference_cell, interval, load_rows, short_name  # noqa: E402
 from glue_scripts.summarize_cells import flat, mean, paired  # noqa: E402
 
 CONTROL = "random_direction"
@@ -113,6 +113,7 @@ class RuleRow:
     step_ratio: Optional[float]
     benchmark: list[Optional[float]]
     flipped_kept: Optional[float]
+    at_uniform: int  # runs whose dev loss ended at ln(classes): the 50/50 predictor, its score meaningless
 
 
 def run_step(row: dict) -> Optional[float]:
@@ -145,7 +146,8 @@ def rule_rows(rows: list[dict], baseline: str, sam: str, benchmarks: list[dict[s
             (None, None, None) if method in (baseline, sam) else kept_share(rows, method, baseline, sam),
             None if method == baseline else step_ratio(rows, method, baseline),
             [benchmark_cost(own[0]["settings"], ratios) for ratios in benchmarks],
-            mean([r["results"].get("train_mean_kept_label_flipped") for r in own])))
+            mean([r["results"].get("train_mean_kept_label_flipped") for r in own]),
+            sum(at_uniform_predictor(r["task"], r.get("eval_loss")) for r in own)))
     return table
 
 
@@ -179,7 +181,7 @@ def fmt(value: Optional[float], scale: float = 100, digits: int = 1) -> str:
 def table_lines(table: list[RuleRow], labels: list[str]) -> list[str]:
     head = ["method", "seeds", "held-out", "dev", "held-out loss", "final train loss", "held-out - AdamW",
             "dev - AdamW", "dev - AdamW's best epoch", "held-out - SAM", "share of SAM's gain kept", "step / AdamW (runs)",
-            *[f"bench. x AdamW ({label})" for label in labels], "flipped among kept"]
+            *[f"bench. x AdamW ({label})" for label in labels], "flipped among kept", "runs at the 50/50 predictor"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for r in table:
         point, low, high = r.share
@@ -189,7 +191,8 @@ def table_lines(table: list[RuleRow], labels: list[str]) -> list[str]:
             r.method, str(r.seeds), fmt(r.heldout), fmt(r.dev), fmt(r.heldout_loss, 1, 3), fmt(r.final_train_loss, 1, 3),
             *(difference_cell(values) if values else "" for values in
               (r.vs_adamw, r.vs_adamw_dev, r.vs_adamw_best_epoch, r.vs_sam)), share, fmt(r.step_ratio, 1, 2),
-            *[fmt(cost, 1, 2) for cost in r.benchmark], fmt(r.flipped_kept, 100, 0) + (" %" if r.flipped_kept is not None else "")]) + " |")
+            *[fmt(cost, 1, 2) for cost in r.benchmark], fmt(r.flipped_kept, 100, 0) + (" %" if r.flipped_kept is not None else ""),
+            f"**{r.at_uniform} of {r.seeds}**" if r.at_uniform else ""]) + " |")
     return lines
 
 
@@ -275,7 +278,9 @@ def main(argv: Optional[list[str]] = None) -> tuple[list[RuleRow], Optional[str]
             "than the benchmark's). Benchmark: `benchmarks.step_time`'s paired "
             "ratio, a schedule weighted by the share of steps it perturbs. Dev - AdamW's best epoch: against AdamW "
             "stopped at its best dev epoch, an oracle that reads the dev set it is scored on. Flipped among kept: the share of examples "
-            "with a flipped label among those the rule kept for its ascent (the noise's share when drawn at random).",
+            "with a flipped label among those the rule kept for its ascent (the noise's share when drawn at random). "
+            "Runs at the 50/50 predictor: dev loss ln 2 at the end; such a run learnt nothing, and its score is the "
+            "class balance or the tie-breaking of equal logits, not a measurement.",
             "", *table_lines(table, labels), "",
             f"Default by issue 29's rule: **{default or 'none'}**: {why}.", ""]
     (args.cell_dir / "frontier.md").write_text("\n".join(text))
