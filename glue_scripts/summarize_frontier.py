@@ -151,27 +151,27 @@ def rule_rows(rows: list[dict], baseline: str, sam: str, benchmarks: list[dict[s
     return table
 
 
-def choose_default(table: list[RuleRow], baseline: str, sam: str, limit: float = DEFAULT_COST_LIMIT
-                   ) -> tuple[Optional[str], str]:
-    """Issue 29's default from the table, costs from the first benchmark: (method, why)."""
+def choose_default(table: list[RuleRow], baseline: str, sam: str, limit: float = DEFAULT_COST_LIMIT,
+                   column: int = 0) -> tuple[Optional[str], str]:
+    """Issue 29's default from the table, costs from the benchmark in `column`: (method, why)."""
     candidates = [r for r in table if r.method not in (baseline, sam) and not r.method.startswith(CONTROL)
-                  and r.benchmark and r.benchmark[0] is not None and r.vs_sam]
+                  and len(r.benchmark) > column and r.benchmark[column] is not None and r.vs_sam]
     if not candidates:
         return None, "no rule has both a benchmark cost and paired seeds with SAM"
     if any(len(r.vs_sam) < 2 for r in candidates):
         return None, "undecided: a rule has fewer than 2 seeds paired with SAM, so no interval"
     kept = [r for r in candidates if interval(r.vs_sam)[2] >= 0]  # rule - SAM not separated below 0
-    cheap = sorted((r for r in kept if r.benchmark[0] <= limit), key=lambda r: r.benchmark[0])
+    cheap = sorted((r for r in kept if r.benchmark[column] <= limit), key=lambda r: r.benchmark[column])
     if cheap:
         return cheap[0].method, (f"the cheapest rule whose held-out gain is not separated from SAM's "
-                                 f"({cheap[0].benchmark[0]:.2f}x AdamW, at most {limit}x)")
+                                 f"({cheap[0].benchmark[column]:.2f}x AdamW, at most {limit}x)")
 
     def per_cost(r: RuleRow) -> float:
-        return interval(r.vs_adamw)[0] / max(r.benchmark[0] - 1.0, 0.05)
+        return interval(r.vs_adamw)[0] / max(r.benchmark[column] - 1.0, 0.05)
 
     best = max(candidates, key=per_cost)
     return best.method, (f"no rule at most {limit}x AdamW keeps a gain not separated from SAM's: the best held-out "
-                         f"gain per extra AdamW step ({per_cost(best) * 100:+.1f} points at {best.benchmark[0]:.2f}x)")
+                         f"gain per extra AdamW step ({per_cost(best) * 100:+.1f} points at {best.benchmark[column]:.2f}x)")
 
 
 def fmt(value: Optional[float], scale: float = 100, digits: int = 1) -> str:
@@ -268,6 +268,8 @@ def main(argv: Optional[list[str]] = None) -> tuple[list[RuleRow], Optional[str]
     labels = [label for label, _ in labelled]
     table = rule_rows(rows, args.baseline, args.sam, [ratios for _, ratios in labelled])
     default, why = choose_default(table, args.baseline, args.sam)
+    elsewhere = [(label, *choose_default(table, args.baseline, args.sam, column=column))
+                 for column, label in enumerate(labels) if column > 0]
     best = sorted((r for r in table if r.method not in (args.baseline, args.sam) and r.vs_adamw),
                   key=lambda r: -interval(r.vs_adamw)[0])[:3]
     text = [f"Written by `python -m glue_scripts.summarize_frontier {' '.join(sys.argv[1:] if argv is None else argv)}`.",
@@ -282,7 +284,8 @@ def main(argv: Optional[list[str]] = None) -> tuple[list[RuleRow], Optional[str]
             "Runs at the 50/50 predictor: dev loss ln 2 at the end; such a run learnt nothing, and its score is the "
             "class balance or the tie-breaking of equal logits, not a measurement.",
             "", *table_lines(table, labels), "",
-            f"Default by issue 29's rule: **{default or 'none'}**: {why}.", ""]
+            f"Default by issue 29's rule" + (f", costs from {labels[0]}" if labels else "") + f": **{default or 'none'}**: {why}.",
+            *[f"With the costs from {label} instead: {method or 'none'}: {reason}." for label, method, reason in elsewhere], ""]
     (args.cell_dir / "frontier.md").write_text("\n".join(text))
     if labels:
         plot_frontier(table, labels, args.cell_dir / "frontier.png")

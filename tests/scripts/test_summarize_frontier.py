@@ -115,3 +115,21 @@ def test_without_a_cheap_rule_the_best_gain_per_extra_step_is_the_default(summar
                 for m, b in [(MOMENTUM, "momentum"), (DEFAULT, "ksam@0.25+top_k_ascent"), (RANDOM, "random_ascent@0.125")]}
     per_cost[LATE] = statistics.mean(OFFSETS[LATE]) / 0.3
     assert default == max(per_cost, key=per_cost.get) and "gain per extra AdamW step" in why
+
+
+def test_each_further_benchmark_names_its_own_default(tmp_path):
+    write_cell(tmp_path)
+    files = []
+    for name, costs in [("cpu", BENCHMARK), ("cuda", {**BENCHMARK, "random_ascent@0.125": 1.8, "momentum": 1.2})]:
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"args": {"model": "minilm", "batch_size": 32, "seq_len": 128, "device": name},
+                                    "rows": [{"method": m, "paired_ratio_to_adamw": r} for m, r in costs.items()]}))
+        files.append(str(path))
+    table, default = summarize_frontier.main([str(tmp_path), "--sam", SAM, "--benchmarks", *files])
+    assert default == RANDOM  # the first file decides
+    # on the second no rule kept SAM's gain at most 1.1x: the best mean gain per extra step, by hand
+    per_cost = {MOMENTUM: statistics.mean(OFFSETS[MOMENTUM]) / 0.2, DEFAULT: statistics.mean(OFFSETS[DEFAULT]) / 0.6,
+                RANDOM: statistics.mean(OFFSETS[RANDOM]) / 0.8, LATE: statistics.mean(OFFSETS[LATE]) / 0.3}
+    text = (tmp_path / "frontier.md").read_text()
+    assert "costs from minilm 32x128 cpu: **" + RANDOM in text
+    assert f"With the costs from minilm 32x128 cuda instead: {max(per_cost, key=per_cost.get)}: no rule" in text
