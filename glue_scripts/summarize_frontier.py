@@ -202,7 +202,10 @@ def plot_frontier(table: list[RuleRow], labels: list[str], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, max(len(labels), 1), figsize=(5.6 * max(len(labels), 1), 4.4), squeeze=False)
+    markers = "osD^vP*Xph<>"
+    legend_inches = 0.3 + 0.17 * ((len(table) + 2) // 3)  # three columns of entries under the panels
+    height = 4.0 + legend_inches
+    fig, axes = plt.subplots(1, max(len(labels), 1), figsize=(5.2 * max(len(labels), 1), height), squeeze=False)
     for column, label in enumerate(labels):
         ax = axes[0][column]
         for i, r in enumerate(table):
@@ -211,13 +214,17 @@ def plot_frontier(table: list[RuleRow], labels: list[str], path: Path) -> None:
                 continue
             middle, low, high = interval(r.vs_adamw) if r.vs_adamw else (0.0, None, None)
             error = None if low is None else [[100 * (middle - low)], [100 * (high - middle)]]
-            ax.errorbar([cost], [100 * middle], yerr=error, fmt="o", color=f"C{i % 10}", capsize=3)
-            ax.annotate(short_name(r.method), (cost, 100 * middle), fontsize=7, xytext=(4, 3), textcoords="offset points")
+            color = f"C{i % 10}"
+            ax.errorbar([cost], [100 * middle], yerr=error, fmt=markers[i % len(markers)], color=color, capsize=3,
+                        markerfacecolor="none" if r.at_uniform else color,
+                        label=short_name(r.method) + (f" ({r.at_uniform} of {r.seeds} at 50/50)" if r.at_uniform else ""))
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xlabel(f"step cost, x AdamW ({label})")
-        ax.set_ylabel("held-out score - AdamW, x 100 (mean, 95 % interval)")
+        ax.set_ylabel("held-out - AdamW, points (mean, 95 % CI)")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=3, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, legend_inches / height, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
