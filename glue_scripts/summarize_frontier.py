@@ -3,8 +3,9 @@ SAM's gain it keeps, what it costs, and the default rule that follows from them.
 
 Reads one cell's rows (`<cell>/results.jsonl`, written by `reproduce_glue.py --spec`) and the step
 benchmark's JSON files (`python -m benchmarks.step_time`: the CPU's, a GPU's). Per method, over the
-seeds it shares with AdamW and SAM: the held-out and dev scores; the paired difference to AdamW
-and to SAM (95 % t-intervals); the share of SAM's gain kept, (rule - AdamW) / (SAM - AdamW) on the
+seeds it shares with AdamW and SAM: the held-out and dev scores; the paired difference to AdamW,
+to SAM and to the control (`random_direction`: is a rule better than a random perturbation?) (95 %
+t-intervals); the share of SAM's gain kept, (rule - AdamW) / (SAM - AdamW) on the
 held-out score, with a paired bootstrap interval over seeds (scipy.stats.bootstrap, percentile); its
 cost, as the median over seeds of its median step time / AdamW's in the same runs, and as the
 benchmark's paired ratio (a schedule that perturbs a share p of the steps costs p x its rule's ratio
@@ -109,6 +110,7 @@ class RuleRow:
     vs_adamw_dev: list[float]
     vs_adamw_best_epoch: list[float]
     vs_sam: list[float]
+    vs_control: list[float]  # held-out - the control's (random_direction): does the direction matter?
     share: tuple[Optional[float], Optional[float], Optional[float]]
     step_ratio: Optional[float]
     benchmark: list[Optional[float]]
@@ -129,7 +131,8 @@ def step_ratio(rows: list[dict], method: str, baseline: str) -> Optional[float]:
     return statistics.median(ratios) if ratios else None
 
 
-def rule_rows(rows: list[dict], baseline: str, sam: str, benchmarks: list[dict[str, float]]) -> list[RuleRow]:
+def rule_rows(rows: list[dict], baseline: str, sam: str, benchmarks: list[dict[str, float]],
+              control: Optional[str] = None) -> list[RuleRow]:
     methods = list(dict.fromkeys(r["method"] for r in rows))
     methods = [m for m in (baseline, sam) if m in methods] + [m for m in methods if m not in (baseline, sam)]
     table = []
@@ -143,6 +146,7 @@ def rule_rows(rows: list[dict], baseline: str, sam: str, benchmarks: list[dict[s
             [] if method == baseline else paired(rows, method, baseline, "score"),
             [] if method == baseline else paired(rows, method, baseline, "score", "best_epoch_score"),
             [] if method in (baseline, sam) else paired(rows, method, sam, "heldout_score"),
+            [] if control is None or method in (baseline, control) else paired(rows, method, control, "heldout_score"),
             (None, None, None) if method in (baseline, sam) else kept_share(rows, method, baseline, sam),
             None if method == baseline else step_ratio(rows, method, baseline),
             [benchmark_cost(own[0]["settings"], ratios) for ratios in benchmarks],
@@ -180,7 +184,7 @@ def fmt(value: Optional[float], scale: float = 100, digits: int = 1) -> str:
 
 def table_lines(table: list[RuleRow], labels: list[str]) -> list[str]:
     head = ["method", "seeds", "held-out", "dev", "held-out loss", "final train loss", "held-out - AdamW",
-            "dev - AdamW", "dev - AdamW's best epoch", "held-out - SAM", "share of SAM's gain kept", "step / AdamW (runs)",
+            "dev - AdamW", "dev - AdamW's best epoch", "held-out - SAM", "held-out - control", "share of SAM's gain kept", "step / AdamW (runs)",
             *[f"bench. x AdamW ({label})" for label in labels], "flipped among kept", "runs at the 50/50 predictor"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for r in table:
@@ -190,7 +194,7 @@ def table_lines(table: list[RuleRow], labels: list[str]) -> list[str]:
         lines.append("| " + " | ".join([
             r.method, str(r.seeds), fmt(r.heldout), fmt(r.dev), fmt(r.heldout_loss, 1, 3), fmt(r.final_train_loss, 1, 3),
             *(difference_cell(values) if values else "" for values in
-              (r.vs_adamw, r.vs_adamw_dev, r.vs_adamw_best_epoch, r.vs_sam)), share, fmt(r.step_ratio, 1, 2),
+              (r.vs_adamw, r.vs_adamw_dev, r.vs_adamw_best_epoch, r.vs_sam, r.vs_control)), share, fmt(r.step_ratio, 1, 2),
             *[fmt(cost, 1, 2) for cost in r.benchmark], fmt(r.flipped_kept, 100, 0) + (" %" if r.flipped_kept is not None else ""),
             f"**{r.at_uniform} of {r.seeds}**" if r.at_uniform else ""]) + " |")
     return lines
@@ -265,6 +269,7 @@ def main(argv: Optional[list[str]] = None) -> tuple[list[RuleRow], Optional[str]
     parser.add_argument("cell_dir", type=Path, help="a folder holding one cell's results.jsonl")
     parser.add_argument("--baseline", default="adamw")
     parser.add_argument("--sam", required=True, help="the SAM method the shares are of, e.g. sam@sam_rho=0.1")
+    parser.add_argument("--control", help="the control method (default: the cell's one random_direction method)")
     parser.add_argument("--benchmarks", type=Path, nargs="*", default=[],
                         help="step_time JSON files; the first one's costs decide the default")
     args = parser.parse_args(argv)
@@ -273,7 +278,9 @@ def main(argv: Optional[list[str]] = None) -> tuple[list[RuleRow], Optional[str]
         raise SystemExit(f"summarize_frontier: no run of --sam {args.sam} in {args.cell_dir / 'results.jsonl'}")
     labelled = [benchmark_ratios(path) for path in args.benchmarks]
     labels = [label for label, _ in labelled]
-    table = rule_rows(rows, args.baseline, args.sam, [ratios for _, ratios in labelled])
+    controls = list(dict.fromkeys(r["method"] for r in rows if r["method"].startswith(CONTROL)))
+    control = args.control or (controls[0] if len(controls) == 1 else None)
+    table = rule_rows(rows, args.baseline, args.sam, [ratios for _, ratios in labelled], control)
     default, why = choose_default(table, args.baseline, args.sam)
     elsewhere = [(label, *choose_default(table, args.baseline, args.sam, column=column))
                  for column, label in enumerate(labels) if column > 0]
@@ -281,7 +288,7 @@ def main(argv: Optional[list[str]] = None) -> tuple[list[RuleRow], Optional[str]
                   key=lambda r: -interval(r.vs_adamw)[0])[:3]
     text = [f"Written by `python -m glue_scripts.summarize_frontier {' '.join(sys.argv[1:] if argv is None else argv)}`.",
             "", "Scores x 100, means over seeds; differences paired by seed (the same sample and noise draw), mean "
-            "[95 % t-interval]. Share of SAM's gain kept: on the held-out score, [95 % paired bootstrap]. Step / "
+            "[95 % t-interval]; the control: " + (f"`{control}`" if control else "none (no single random_direction method)") + ". Share of SAM's gain kept: on the held-out score, [95 % paired bootstrap]. Step / "
             "AdamW (runs): median over seeds of the run's median step time over AdamW's (a SAM schedule's: its mean "
             "step time, where the run recorded one; runs share the machine with other work, so these move more "
             "than the benchmark's). Benchmark: `benchmarks.step_time`'s paired "

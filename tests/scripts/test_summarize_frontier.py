@@ -88,6 +88,8 @@ def test_paired_differences_and_shares_are_the_ones_computed_by_hand(summarized)
     assert low < point < high
     vs_sam = [d - g for d, g in zip(OFFSETS[RANDOM], SAM_GAIN)]
     assert interval(rows[RANDOM].vs_sam) == pytest.approx(t_interval(vs_sam))
+    vs_control = [r - c for r, c in zip(OFFSETS[RANDOM], OFFSETS[CONTROL])]  # the cell's one random_direction
+    assert interval(rows[RANDOM].vs_control) == pytest.approx(t_interval(vs_control)) and rows[CONTROL].vs_control == []
     # AdamW's best dev epoch is its first, 0.05 above its final dev (write_cell): SAM gains g - 0.05 on it
     assert interval(rows[SAM].vs_adamw_best_epoch) == pytest.approx(t_interval([g - 0.05 for g in SAM_GAIN]))
 
