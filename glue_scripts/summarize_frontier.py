@@ -40,7 +40,8 @@ CONTROL = "random_direction"
 """The control (a random perturbation of the same radius): reported, never chosen as the default."""
 DEFAULT_COST_LIMIT = 1.1
 """Issue 29's rule: the cheapest rule whose gain is not separated from SAM's, if its step costs at most
-this many AdamW steps; otherwise the rule with the best gain per cost."""
+this many AdamW steps; otherwise, among the rules whose gain over AdamW is separated from 0, the best
+mean gain per extra AdamW step (a rule without a gain has no gain per cost, however cheap)."""
 
 
 def benchmark_runner(settings: dict[str, str]) -> tuple[Optional[str], float]:
@@ -173,7 +174,10 @@ def choose_default(table: list[RuleRow], baseline: str, sam: str, limit: float =
     def per_cost(r: RuleRow) -> float:
         return interval(r.vs_adamw)[0] / max(r.benchmark[column] - 1.0, 0.05)
 
-    best = max(candidates, key=per_cost)
+    gaining = [r for r in candidates if interval(r.vs_adamw)[1] > 0]  # a gain per cost needs a gain: one above 0
+    if not gaining:
+        return None, f"no rule at most {limit}x AdamW keeps a gain not separated from SAM's, and no rule's gain over AdamW is separated from 0"
+    best = max(gaining, key=per_cost)
     return best.method, (f"no rule at most {limit}x AdamW keeps a gain not separated from SAM's: the best held-out "
                          f"gain per extra AdamW step ({per_cost(best) * 100:+.1f} points at {best.benchmark[column]:.2f}x)")
 
