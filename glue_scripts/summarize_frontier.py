@@ -176,7 +176,8 @@ def choose_default(table: list[RuleRow], baseline: str, sam: str, limit: float =
 
     gaining = [r for r in candidates if interval(r.vs_adamw)[1] > 0]  # a gain per cost needs a gain: one above 0
     if not gaining:
-        return None, f"no rule at most {limit}x AdamW keeps a gain not separated from SAM's, and no rule's gain over AdamW is separated from 0"
+        return None, (f"no rule at most {limit}x AdamW keeps a gain not separated from SAM's, and no rule's gain "
+                      "over AdamW is separated from 0")
     best = max(gaining, key=per_cost)
     return best.method, (f"no rule at most {limit}x AdamW keeps a gain not separated from SAM's: the best held-out "
                          f"gain per extra AdamW step ({per_cost(best) * 100:+.1f} points at {best.benchmark[column]:.2f}x)")

@@ -115,7 +115,6 @@ def test_without_a_cheap_rule_the_best_gain_per_extra_step_is_the_default(summar
     default, why = summarize_frontier.choose_default(table, "adamw", SAM, limit=1.0)
     per_cost = {m: statistics.mean(OFFSETS[m]) / max(BENCHMARK[b] - 1.0, 0.05)
                 for m, b in [(MOMENTUM, "momentum"), (DEFAULT, "ksam@0.25+top_k_ascent"), (RANDOM, "random_ascent@0.125")]}
-    per_cost[LATE] = statistics.mean(OFFSETS[LATE]) / 0.3
     assert default == max(per_cost, key=per_cost.get) and "gain per extra AdamW step" in why
 
 
@@ -131,7 +130,7 @@ def test_each_further_benchmark_names_its_own_default(tmp_path):
     assert default == RANDOM  # the first file decides
     # on the second no rule kept SAM's gain at most 1.1x: the best mean gain per extra step, by hand
     per_cost = {MOMENTUM: statistics.mean(OFFSETS[MOMENTUM]) / 0.2, DEFAULT: statistics.mean(OFFSETS[DEFAULT]) / 0.6,
-                RANDOM: statistics.mean(OFFSETS[RANDOM]) / 0.8, LATE: statistics.mean(OFFSETS[LATE]) / 0.3}
+                RANDOM: statistics.mean(OFFSETS[RANDOM]) / 0.8}  # late-phase SAM's gain is not separated from 0
     text = (tmp_path / "frontier.md").read_text()
     assert "costs from minilm 32x128 cpu: **" + RANDOM in text
     assert f"With the costs from minilm 32x128 cuda instead: {max(per_cost, key=per_cost.get)}: no rule" in text
