@@ -117,6 +117,17 @@ class RuleRow:
     benchmark: list[Optional[float]]
     flipped_kept: Optional[float]
     at_uniform: int  # runs whose dev loss ended at ln(classes): the 50/50 predictor, its score meaningless
+    uniform_epochs: Optional[float]  # mean over seeds of the first epochs spent at the 50/50 predictor
+
+
+def epochs_at_uniform(row: dict) -> Optional[int]:
+    """How many of a run's first epochs ended with the dev loss at the 50/50 predictor's (before it
+    learnt anything): the rules with SAM's gain here sit there for a few epochs, and a radius over the
+    edge never leaves it. None for a run without per-epoch dev losses."""
+    losses = [e.get("eval_loss") for e in row.get("epochs", [])]
+    if not losses or None in losses:
+        return None
+    return next((i for i, loss in enumerate(losses) if not at_uniform_predictor(row["task"], loss)), len(losses))
 
 
 def run_step(row: dict) -> Optional[float]:
@@ -152,7 +163,8 @@ def rule_rows(rows: list[dict], baseline: str, sam: str, benchmarks: list[dict[s
             None if method == baseline else step_ratio(rows, method, baseline),
             [benchmark_cost(own[0]["settings"], ratios) for ratios in benchmarks],
             mean([r["results"].get("train_mean_kept_label_flipped") for r in own]),
-            sum(at_uniform_predictor(r["task"], r.get("eval_loss")) for r in own)))
+            sum(at_uniform_predictor(r["task"], r.get("eval_loss")) for r in own),
+            mean([epochs_at_uniform(r) for r in own])))
     return table
 
 
@@ -190,7 +202,8 @@ def fmt(value: Optional[float], scale: float = 100, digits: int = 1) -> str:
 def table_lines(table: list[RuleRow], labels: list[str]) -> list[str]:
     head = ["method", "seeds", "held-out", "dev", "held-out loss", "final train loss", "held-out - AdamW",
             "dev - AdamW", "dev - AdamW's best epoch", "held-out - SAM", "held-out - control", "share of SAM's gain kept", "step / AdamW (runs)",
-            *[f"bench. x AdamW ({label})" for label in labels], "flipped among kept", "runs at the 50/50 predictor"]
+            *[f"bench. x AdamW ({label})" for label in labels], "flipped among kept", "first epochs at 50/50 (mean)",
+            "runs at the 50/50 predictor"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for r in table:
         point, low, high = r.share
@@ -201,6 +214,7 @@ def table_lines(table: list[RuleRow], labels: list[str]) -> list[str]:
             *(difference_cell(values) if values else "" for values in
               (r.vs_adamw, r.vs_adamw_dev, r.vs_adamw_best_epoch, r.vs_sam, r.vs_control)), share, fmt(r.step_ratio, 1, 2),
             *[fmt(cost, 1, 2) for cost in r.benchmark], fmt(r.flipped_kept, 100, 0) + (" %" if r.flipped_kept is not None else ""),
+            fmt(r.uniform_epochs, 1, 1),
             f"**{r.at_uniform} of {r.seeds}**" if r.at_uniform else ""]) + " |")
     return lines
 
@@ -300,6 +314,7 @@ def main(argv: Optional[list[str]] = None) -> tuple[list[RuleRow], Optional[str]
             "ratio, a schedule weighted by the share of steps it perturbs. Dev - AdamW's best epoch: against AdamW "
             "stopped at its best dev epoch, an oracle that reads the dev set it is scored on. Flipped among kept: the share of examples "
             "with a flipped label among those the rule kept for its ascent (the noise's share when drawn at random). "
+            "First epochs at 50/50: how many epochs a run's dev loss stayed at ln 2 before it learnt. "
             "Runs at the 50/50 predictor: dev loss ln 2 at the end; such a run learnt nothing, and its score is the "
             "class balance or the tie-breaking of equal logits, not a measurement.",
             "", *table_lines(table, labels), "",

@@ -56,8 +56,10 @@ def write_cell(folder) -> None:
                 "task": "sst2", "method": method, "seed": seed, "score": heldout - 0.01, "heldout_score": heldout,
                 "machine": "m", "settings": SETTINGS[method], "results": results,
                 "curve": [{"epoch": 1.0, "loss": 0.3}],
-                "epochs": [{"epoch": 1.0, "score": heldout - 0.01 + (0.05 if method == "adamw" else -0.05)},
-                           {"epoch": 2.0, "score": heldout - 0.01}]}))
+                "epochs": [{"epoch": 1.0, "score": heldout - 0.01 + (0.05 if method == "adamw" else -0.05),
+                            "eval_loss": math.log(2) if method == SAM or (method, seed) == (CONTROL, 2) else 0.5},
+                           {"epoch": 2.0, "score": heldout - 0.01,
+                            "eval_loss": math.log(2) if (method, seed) == (CONTROL, 2) else 0.5}]}))
     (folder / "results.jsonl").write_text("\n".join(lines) + "\n")
 
 
@@ -102,6 +104,9 @@ def test_costs_flipped_shares_and_the_default(summarized):
     assert rows[DEFAULT].flipped_kept == pytest.approx(statistics.mean(FLIPPED_KEPT))
     assert rows[SAM].flipped_kept is None
     assert rows[CONTROL].at_uniform == 1 and rows[SAM].at_uniform == 0
+    # SAM's first epoch at ln 2 on every seed; the control's one run at ln 2 throughout: 2 epochs of 2, 0 elsewhere
+    assert rows[SAM].uniform_epochs == 1 and rows[CONTROL].uniform_epochs == pytest.approx(2 / 4)
+    assert rows[RANDOM].uniform_epochs == 0
     # momentum (1.05x) is separated below SAM; random_ascent (1.1x) is not, and is the cheapest such rule
     assert default == RANDOM
     text = (folder / "frontier.md").read_text()
