@@ -38,6 +38,9 @@ from glue_scripts.summarize_cells import flat, mean, paired  # noqa: E402
 
 CONTROL = "random_direction"
 """The control (a random perturbation of the same radius): reported, never chosen as the default."""
+PLAIN_OPTIMIZERS = ("adamw", "sgd")
+"""run_glue's optimizers without a SAM step: a cell's controls (AdamW at another learning rate or
+length) are reported beside the rules, never chosen as the default."""
 DEFAULT_COST_LIMIT = 1.1
 """Issue 29's rule: the cheapest rule whose gain is not separated from SAM's, if its step costs at most
 this many AdamW steps; otherwise, among the rules whose gain over AdamW is separated from 0, the best
@@ -118,6 +121,7 @@ class RuleRow:
     flipped_kept: Optional[float]
     at_uniform: int  # runs whose dev loss ended at ln(classes): the 50/50 predictor, its score meaningless
     uniform_epochs: Optional[float]  # mean over seeds of the first epochs spent at the 50/50 predictor
+    sam_rule: bool = True  # False for a plain optimizer (a control such as AdamW at another learning rate)
 
 
 def epochs_at_uniform(row: dict) -> Optional[int]:
@@ -164,14 +168,15 @@ def rule_rows(rows: list[dict], baseline: str, sam: str, benchmarks: list[dict[s
             [benchmark_cost(own[0]["settings"], ratios) for ratios in benchmarks],
             mean([r["results"].get("train_mean_kept_label_flipped") for r in own]),
             sum(at_uniform_predictor(r["task"], r.get("eval_loss")) for r in own),
-            mean([epochs_at_uniform(r) for r in own])))
+            mean([epochs_at_uniform(r) for r in own]),
+            own[0]["settings"]["optimizer"] not in PLAIN_OPTIMIZERS))
     return table
 
 
 def choose_default(table: list[RuleRow], baseline: str, sam: str, limit: float = DEFAULT_COST_LIMIT,
                    column: int = 0) -> tuple[Optional[str], str]:
     """Issue 29's default from the table, costs from the benchmark in `column`: (method, why)."""
-    candidates = [r for r in table if r.method not in (baseline, sam) and not r.method.startswith(CONTROL)
+    candidates = [r for r in table if r.method not in (baseline, sam) and r.sam_rule and not r.method.startswith(CONTROL)
                   and len(r.benchmark) > column and r.benchmark[column] is not None and r.vs_sam]
     if not candidates:
         return None, "no rule has both a benchmark cost and paired seeds with SAM"

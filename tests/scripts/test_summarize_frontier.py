@@ -20,6 +20,7 @@ DEFAULT = "ksam@ksam_selection=top_k_ascent@ksam_k=0.25@sam_rho=0.1"
 RANDOM = "ksam@ksam_selection=random_ascent@ksam_k=0.125@sam_rho=0.1"
 LATE = "sam@sam_start_fraction=0.7@sam_rho=0.1"
 CONTROL = "random_direction@sam_rho=0.1"
+SLOW = "adamw@learning_rate=2e-5"  # a plain-AdamW control: reported, never the default
 OFFSETS = {  # held-out score - AdamW's, per seed
     SAM: SAM_GAIN,
     MOMENTUM: [0.5 * g for g in SAM_GAIN],  # half of SAM's gain on every seed: separated below SAM
@@ -27,6 +28,7 @@ OFFSETS = {  # held-out score - AdamW's, per seed
     RANDOM: [g + d for g, d in zip(SAM_GAIN, [-0.01, 0.01, 0.0, -0.005])],
     LATE: [0.02, 0.01, 0.03, 0.0],
     CONTROL: [0.09, 0.07, 0.10, 0.06],  # better than SAM, but the control is never the default
+    SLOW: [0.08, 0.06, 0.09, 0.05],  # SAM's gain at AdamW's cost: not a SAM rule, so never the default either
 }
 SETTINGS = {
     "adamw": {"optimizer": "adamw"},
@@ -36,6 +38,7 @@ SETTINGS = {
     RANDOM: {"optimizer": "ksam", "ksam_selection": "random_ascent", "ksam_k": "0.125"},
     LATE: {"optimizer": "sam", "sam_start_fraction": "0.7"},
     CONTROL: {"optimizer": "random_direction"},
+    SLOW: {"optimizer": "adamw", "learning_rate": "2e-05"},
 }
 BENCHMARK = {"adamw": 1.0, "sam": 2.0, "momentum": 1.05, "ksam@0.25+top_k_ascent": 1.6, "random_ascent@0.125": 1.1,
              "random_direction": 1.0}
@@ -107,6 +110,8 @@ def test_costs_flipped_shares_and_the_default(summarized):
     # SAM's first epoch at ln 2 on every seed; the control's one run at ln 2 throughout: 2 epochs of 2, 0 elsewhere
     assert rows[SAM].uniform_epochs == 1 and rows[CONTROL].uniform_epochs == pytest.approx(2 / 4)
     assert rows[RANDOM].uniform_epochs == 0
+    assert rows[SLOW].benchmark == [1.0] and rows[SLOW].vs_adamw == pytest.approx(OFFSETS[SLOW])
+    assert not rows[SLOW].sam_rule and rows[RANDOM].sam_rule
     # momentum (1.05x) is separated below SAM; random_ascent (1.1x) is not, and is the cheapest such rule
     assert default == RANDOM
     text = (folder / "frontier.md").read_text()
