@@ -29,14 +29,16 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from glue_scripts.glue_data import load_glue_tsv  # noqa: E402
-from glue_scripts.training_split import flip_labels, seeded_sample  # noqa: E402
+from glue_scripts.training_split import flip_labels, parse_row_range, seeded_sample, split_rows  # noqa: E402
 
 from .common import MINILM_PATH, machine_info  # noqa: E402
 
 
-def batches(tokenizer, glue_dir: str, seed: int, size: int, noise: float, batch_size: int) -> list[dict]:
-    train = load_glue_tsv(glue_dir, "sst2", ["train"])["train"]
-    train = train.select(range(62349))  # the rows outside the held-out block of the SAM-wins cell
+def batches(tokenizer, glue_dir: str, seed: int, size: int, noise: float, batch_size: int,
+            heldout_rows: str = "62349:67349") -> list[dict]:
+    """The run's training sample (run_glue's `--test_split_rows`, `--train_sample`, `--label_noise` with
+    the same seed), in a seeded order."""
+    train, _ = split_rows(load_glue_tsv(glue_dir, "sst2", ["train"])["train"], parse_row_range(heldout_rows))
     sample, _ = flip_labels(seeded_sample(train, size, seed), noise, seed, [0, 1])
     order = np.random.default_rng(seed).permutation(len(sample))
     out = []
