@@ -30,6 +30,7 @@ CONFIGS = {
     "top_k_ascent": dict(sam_mode="ksam", ksam_selection="top_k_ascent", ksam_k=2),
     "top_k": dict(sam_mode="ksam", ksam_selection="top_k", ksam_k=2),
     "rank1_fails": dict(sam_mode="sam"),  # rank 1 raises before its step: rank 0 must not wait for ever
+    "rank1_aborts_once": {},  # rank 1 dies of SIGABRT the first time (a marker beside --out): `run_abort_once`
     "checkpoint": dict(sam_mode="ksam", ksam_selection="top_k_ascent", ksam_k=2),  # see `run_checkpoint`
     # Activation checkpointing (the model's own, before sharding), and bf16 parameters for the
     # forward and backward with fp32 gradients reduced (FSDP2's MixedPrecisionPolicy).
@@ -121,8 +122,20 @@ def run_checkpoint(out: str) -> None:
                os.path.join(out, f"checkpoint_rank{dist.get_rank()}.pt"))
 
 
+def run_abort_once(out: str) -> None:
+    """Rank 1 aborts natively (as a C++ `std::terminate` would) unless the marker beside `out` says
+    it has before; both ranks then save that they ran."""
+    marker = os.path.join(os.path.dirname(os.path.abspath(out)), "aborted_once")
+    dist.barrier()
+    if dist.get_rank() == 1 and not os.path.exists(marker):
+        open(marker, "w").close()
+        os.abort()
+    dist.barrier()
+    torch.save({"ran": True}, os.path.join(out, f"rank1_aborts_once_rank{dist.get_rank()}.pt"))
+
+
 def run(name: str, out: str) -> None:
-    run_checkpoint(out) if name == "checkpoint" else run_step(name, out)
+    {"checkpoint": run_checkpoint, "rank1_aborts_once": run_abort_once}.get(name, lambda o: run_step(name, o))(out)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 
 import pytest
 import torch
 
 from tests.distributed.fsdp_worker import RHO, ROWS_PER_PROCESS, SEED
-from tests.distributed.test_ddp import launch
+from tests.distributed.test_ddp import launch, launch_to_succeed
 from tests.testing_utils import make_case, model_loss, ranked_by_own_loss, rows
 
 pytestmark = pytest.mark.slow  # real processes (CI runs them)
@@ -29,8 +30,7 @@ BF16 = "top_k_ascent_bf16_params"
 @pytest.fixture(scope="module")
 def fsdp_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp")
-    result = launch(out, CONFIGS + [BF16], timeout=150, module="tests.distributed.fsdp_worker")
-    assert result.returncode == 0, result.stdout[-5000:]
+    launch_to_succeed(out, CONFIGS + [BF16], timeout=150, module="tests.distributed.fsdp_worker")
     return {name: [torch.load(out / f"{name}_rank{rank}.pt", weights_only=False) for rank in range(WORLD)]
             for name in CONFIGS + [BF16]}
 
@@ -83,9 +83,20 @@ def test_a_failing_rank_fails_the_run_within_its_limit(tmp_path):
     assert time.monotonic() - started < 120
 
 
+def test_a_native_abort_is_run_again_once_and_an_exception_never(tmp_path):
+    (tmp_path / "run").mkdir()
+    with pytest.warns(UserWarning, match="aborted natively; retried once"):
+        launch_to_succeed(tmp_path / "run", ["rank1_aborts_once"], timeout=120, module="tests.distributed.fsdp_worker")
+    assert (tmp_path / "aborted_once").exists()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [f"rank1_aborts_once_rank{r}.pt" for r in range(WORLD)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a retry would warn, and the warning would end the test
+        with pytest.raises(AssertionError, match="exitcode  : 1 "):
+            launch_to_succeed(tmp_path / "run", ["rank1_fails"], timeout=120, module="tests.distributed.fsdp_worker")
+
+
 def test_a_checkpoint_of_a_sharded_run_holds_w_and_resumes_exactly(tmp_path):
-    result = launch(tmp_path, ["checkpoint"], timeout=150, module="tests.distributed.fsdp_worker")
-    assert result.returncode == 0, result.stdout[-5000:]
+    launch_to_succeed(tmp_path, ["checkpoint"], timeout=150, module="tests.distributed.fsdp_worker")
     for rank in range(WORLD):
         saved = torch.load(tmp_path / f"checkpoint_rank{rank}.pt", weights_only=False)
         assert saved == {"checkpoint_is_the_first_step": True, "resumed_is_straight": True, "moved": True}, rank
