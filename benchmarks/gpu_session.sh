@@ -9,6 +9,7 @@
 #   cp ../shared/models/all-MiniLM-L6-v2/{config.json,vocab.txt,tokenizer*.json,special_tokens_map.json} .device/minilm/
 #   optional, for a machine whose packages fail: pip download --no-deps -d .device/wheels transformers accelerate huggingface_hub
 # Run (device tool): command `bash benchmarks/gpu_session.sh`, carry [".device"]; results under $OUT.
+# `bash benchmarks/gpu_session.sh step_times`: the two step-time tables only (about 4 minutes).
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   python3 -c "import torch,transformers,accelerate;print('torch',torch.__version__,'transformers',transformers.__version__,'accelerate',accelerate.__version__)"
@@ -30,6 +31,7 @@ if ! step minilm step_time_minilm_fixed_cuda >> $OUT/step_time_minilm_fixed_cuda
   step minilm step_time_minilm_fixed_cuda >> $OUT/step_time_minilm_fixed_cuda.txt 2>&1
 fi
 step bert-base-shaped step_time_bert-base-shaped12_fixed_cuda > $OUT/step_time_bert-base-shaped12_fixed_cuda.txt 2>&1
+if [[ ${1:-all} == step_times ]]; then rm -f $OUT/*.png; tail -n 25 $OUT/*.txt; exit 0; fi
 timeout 150 python3 -m benchmarks.gpu_check --output $OUT/gpu_check.json > $OUT/gpu_check.txt 2>&1; echo "rc $?" >> $OUT/gpu_check.txt
 for m in ksam sam; do
   timeout 90 python3 -m benchmarks.fsdp_check --nproc 1 --sam_mode $m --output /tmp/fsdp_$m >> $OUT/gpu_check.txt 2>&1
