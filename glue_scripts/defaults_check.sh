@@ -7,7 +7,9 @@
 # Usage: bash glue_scripts/defaults_check.sh [SEED [LABEL="--flag value ..." ...]]
 #   With no LABEL: AdamW and K-SAM with the library's defaults. Each LABEL="FLAGS" runs a K-SAM
 #   candidate with those flags instead (how the defaults were chosen). TASKS="mrpc" limits the
-#   tasks. Finished runs are skipped: the script resumes where it stopped.
+#   tasks, BATCHES="8" the batch sizes. Finished runs are skipped: the script resumes where it stopped.
+#   MODEL, GLUE_DIR, RESULTS_DIR and RUNS_DIR move the model, the data and the outputs (a GPU
+#   session: defaults_check_gpu.sh).
 #   -> docs/results/defaults/results.{jsonl,md}
 set -e
 cd "$(dirname "$0")/.."
@@ -16,17 +18,20 @@ shift || true
 variants=("adamw=--optimizer adamw")
 [[ $# == 0 ]] && variants+=("ksam=--optimizer ksam")
 for candidate in "$@"; do variants+=("${candidate%%=*}=--optimizer ksam ${candidate#*=}"); done
-out=docs/results/defaults
-mkdir -p $out runs/defaults
+model=${MODEL:-../shared/models/all-MiniLM-L6-v2}
+glue=${GLUE_DIR:-../shared/glue}
+out=${RESULTS_DIR:-docs/results/defaults}
+runs=${RUNS_DIR:-runs/defaults}
+mkdir -p $out $runs
 for task in ${TASKS:-mrpc sst2}; do
   samples=$([[ $task == mrpc ]] && echo 2000 || echo 4000)
-  for batch in 8 32; do
+  for batch in ${BATCHES:-8 32}; do
     for variant in "${variants[@]}"; do
       label=${variant%%=*}
       read -ra flags <<< "${variant#*=}"
-      dir=runs/defaults/$task-b$batch-$label-seed$seed
+      dir=$runs/$task-b$batch-$label-seed$seed
       if grep -qF "\"run\": \"$dir\"" $out/results.jsonl 2>/dev/null; then continue; fi  # done
-      python glue_scripts/run_glue.py --model_name_or_path ../shared/models/all-MiniLM-L6-v2 --glue_dir ../shared/glue \
+      python glue_scripts/run_glue.py --model_name_or_path $model --glue_dir $glue \
         --task_name $task --do_train --do_eval "${flags[@]}" --output_dir $dir --report_to none \
         --max_train_samples $samples --pad_to_max_length False --per_device_train_batch_size $batch --seed $seed \
         --overwrite_output_dir \
@@ -43,4 +48,4 @@ PY
     done
   done
 done
-python -m glue_scripts.summarize_defaults $out ../shared/glue
+python -m glue_scripts.summarize_defaults $out $glue

@@ -1,7 +1,8 @@
 """The table of `defaults_check.sh`: every K-SAM variant beside AdamW on the same command and seed.
 
 Usage: python -m glue_scripts.summarize_defaults docs/results/defaults [GLUE_DIR]
-(GLUE_DIR: the dev labels, for the input-blind reference of each task)
+(GLUE_DIR: the dev labels, for the input-blind reference of each task; the machine line is
+RESULTS/machine.txt where there is one, else this project's 2-core CPU)
 """
 
 import json
@@ -46,11 +47,12 @@ def reference_line(glue_dir: Optional[str]) -> str:
 def main(out: Path, glue_dir: Optional[str] = None) -> None:
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
     lines = table(rows)
+    machine = (out / "machine.txt").read_text().strip() if (out / "machine.txt").exists() else \
+        "2 CPU cores (AVX-512), no GPU (docs/machine.txt)"
     (out / "results.md").write_text(
         "`bash glue_scripts/defaults_check.sh`: run_glue.py's defaults plus `--optimizer`; the `ksam` variant "
         "is the library's defaults with no other flag, the others the candidates the defaults were chosen "
-        f"from. ln 2 = {math.log(2):.3f}. {reference_line(glue_dir)}Machine: 2 CPU cores (AVX-512), no GPU "
-        "(docs/machine.txt).\n\n" + "\n".join(lines) + "\n")
+        f"from. ln 2 = {math.log(2):.3f}. {reference_line(glue_dir)}Machine: {machine}.\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
