@@ -40,3 +40,12 @@ def test_the_input_blind_reference_comes_from_the_dev_labels(tmp_path):
     summarize_defaults.main(tmp_path, str(tmp_path / "glue"))
     text = (tmp_path / "results.md").read_text()
     assert "eval_loss of 0.562 on mrpc" in text and "scores 80.4 on mrpc" in text
+
+
+def test_the_machine_line_is_the_results_own_where_it_has_one(tmp_path):
+    (tmp_path / "results.jsonl").write_text(json.dumps(row("mrpc", 8, "adamw", 0.8, 0.45, 0.2)) + "\n")
+    summarize_defaults.main(tmp_path)
+    assert "Machine: 2 CPU cores (AVX-512), no GPU" in (tmp_path / "results.md").read_text()
+    (tmp_path / "machine.txt").write_text("one NVIDIA H200 (the device tool)\n")
+    summarize_defaults.main(tmp_path)
+    assert "Machine: one NVIDIA H200 (the device tool).\n" in (tmp_path / "results.md").read_text()
