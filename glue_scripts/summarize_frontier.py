@@ -4,8 +4,9 @@ SAM's gain it keeps, what it costs, and the default rule that follows from them.
 Reads one cell's rows (`<cell>/results.jsonl`, written by `reproduce_glue.py --spec`) and the step
 benchmark's JSON files (`python -m benchmarks.step_time`: the CPU's, a GPU's). Per method, over the
 seeds it shares with AdamW and SAM: the held-out and dev scores; the paired difference to AdamW,
-to SAM and to the control (`random_direction`: is a rule better than a random perturbation?) (95 %
-t-intervals); the share of SAM's gain kept, (rule - AdamW) / (SAM - AdamW) on the
+to SAM, to the control (`random_direction`: is a rule better than a random perturbation?) and to
+the best plain-optimizer control (AdamW at another learning rate or length: is it more than a slower
+start?) (95 % t-intervals); the share of SAM's gain kept, (rule - AdamW) / (SAM - AdamW) on the
 held-out score, with a paired bootstrap interval over seeds (scipy.stats.bootstrap, percentile); its
 cost, as the median over seeds of its median step time / AdamW's in the same runs, and as the
 benchmark's paired ratio (a schedule that perturbs a share p of the steps costs p x its rule's ratio
@@ -70,6 +71,8 @@ def benchmark_ratios(path: Path) -> tuple[str, dict[str, float]]:
     data = json.loads(path.read_text())
     args = data.get("args", {})
     label = f"{args.get('model', '?')} {args.get('batch_size', '?')}x{args.get('seq_len', '?')} {args.get('device', '?')}"
+    if data.get("started_utc"):  # two runs of one benchmark on one device tell apart by their day
+        label += f" {data['started_utc'][:10]}"
     return label, {row["method"]: row["paired_ratio_to_adamw"] for row in data["rows"]}
 
 
@@ -115,6 +118,7 @@ class RuleRow:
     vs_adamw_best_epoch: list[float]
     vs_sam: list[float]
     vs_control: list[float]  # held-out - the control's (random_direction): does the direction matter?
+    vs_plain: list[float]  # held-out - the best plain-optimizer control's: more than AdamW that learns slower?
     share: tuple[Optional[float], Optional[float], Optional[float]]
     step_ratio: Optional[float]
     benchmark: list[Optional[float]]
@@ -147,8 +151,17 @@ def step_ratio(rows: list[dict], method: str, baseline: str) -> Optional[float]:
     return statistics.median(ratios) if ratios else None
 
 
+def best_plain_control(rows: list[dict], baseline: str) -> Optional[str]:
+    """The plain-optimizer method other than the baseline (AdamW at another learning rate or length)
+    with the best mean held-out score; None where the cell has none."""
+    plain = {r["method"] for r in rows if r["settings"]["optimizer"] in PLAIN_OPTIMIZERS and r["method"] != baseline}
+    scored = [(mean([r.get("heldout_score") for r in rows if r["method"] == m]), m) for m in sorted(plain)]
+    scored = [(score, m) for score, m in scored if score is not None]
+    return max(scored)[1] if scored else None
+
+
 def rule_rows(rows: list[dict], baseline: str, sam: str, benchmarks: list[dict[str, float]],
-              control: Optional[str] = None) -> list[RuleRow]:
+              control: Optional[str] = None, plain: Optional[str] = None) -> list[RuleRow]:
     methods = list(dict.fromkeys(r["method"] for r in rows))
     methods = [m for m in (baseline, sam) if m in methods] + [m for m in methods if m not in (baseline, sam)]
     table = []
@@ -163,6 +176,7 @@ def rule_rows(rows: list[dict], baseline: str, sam: str, benchmarks: list[dict[s
             [] if method == baseline else paired(rows, method, baseline, "score", "best_epoch_score"),
             [] if method in (baseline, sam) else paired(rows, method, sam, "heldout_score"),
             [] if control is None or method in (baseline, control) else paired(rows, method, control, "heldout_score"),
+            [] if plain is None or method in (baseline, plain) else paired(rows, method, plain, "heldout_score"),
             (None, None, None) if method in (baseline, sam) else kept_share(rows, method, baseline, sam),
             None if method == baseline else step_ratio(rows, method, baseline),
             [benchmark_cost(own[0]["settings"], ratios) for ratios in benchmarks],
@@ -200,13 +214,31 @@ def choose_default(table: list[RuleRow], baseline: str, sam: str, limit: float =
                          f"gain per extra AdamW step ({per_cost(best) * 100:+.1f} points at {best.benchmark[column]:.2f}x)")
 
 
+def plain_control_line(table: list[RuleRow], plain: Optional[str], baseline: str, sam: str) -> str:
+    """What the best plain-optimizer control gains at AdamW's cost, and which SAM rules (not the
+    random-direction control) end separated above it: the gain that a perturbation adds."""
+    rows = {r.method: r for r in table}
+    if plain is None or plain not in rows or not rows[plain].vs_adamw:
+        return "No plain-optimizer control in this cell."
+    r = rows[plain]
+    point, low, high = r.share
+    share = "" if point is None else f", {fmt(point, 100, 0)} % of SAM's gain" + (
+        f" [{fmt(low, 100, 0)}, {fmt(high, 100, 0)}]" if low is not None else "")
+    above = [x.method for x in table if x.sam_rule and x.method != baseline and not x.method.startswith(CONTROL)
+             and len(x.vs_plain) >= 2 and interval(x.vs_plain)[1] > 0]
+    return (f"The best plain-optimizer control, `{plain}` (no SAM step): held-out - AdamW "
+            f"{difference_cell(r.vs_adamw)}{share}. SAM rules whose held-out score is separated above it (paired "
+            f"95 % interval above 0): " + (", ".join(f"`{m}`" for m in above) if above else "**none**") + ".")
+
+
 def fmt(value: Optional[float], scale: float = 100, digits: int = 1) -> str:
     return "—" if value is None else f"{scale * value:.{digits}f}"
 
 
 def table_lines(table: list[RuleRow], labels: list[str]) -> list[str]:
     head = ["method", "seeds", "held-out", "dev", "held-out loss", "final train loss", "held-out - AdamW",
-            "dev - AdamW", "dev - AdamW's best epoch", "held-out - SAM", "held-out - control", "share of SAM's gain kept", "step / AdamW (runs)",
+            "dev - AdamW", "dev - AdamW's best epoch", "held-out - SAM", "held-out - control",
+            "held-out - best plain control", "share of SAM's gain kept", "step / AdamW (runs)",
             *[f"bench. x AdamW ({label})" for label in labels], "flipped among kept", "first epochs at 50/50 (mean)",
             "runs at the 50/50 predictor"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
@@ -217,7 +249,8 @@ def table_lines(table: list[RuleRow], labels: list[str]) -> list[str]:
         lines.append("| " + " | ".join([
             r.method, str(r.seeds), fmt(r.heldout), fmt(r.dev), fmt(r.heldout_loss, 1, 3), fmt(r.final_train_loss, 1, 3),
             *(difference_cell(values) if values else "" for values in
-              (r.vs_adamw, r.vs_adamw_dev, r.vs_adamw_best_epoch, r.vs_sam, r.vs_control)), share, fmt(r.step_ratio, 1, 2),
+              (r.vs_adamw, r.vs_adamw_dev, r.vs_adamw_best_epoch, r.vs_sam, r.vs_control, r.vs_plain)), share,
+            fmt(r.step_ratio, 1, 2),
             *[fmt(cost, 1, 2) for cost in r.benchmark], fmt(r.flipped_kept, 100, 0) + (" %" if r.flipped_kept is not None else ""),
             fmt(r.uniform_epochs, 1, 1),
             f"**{r.at_uniform} of {r.seeds}**" if r.at_uniform else ""]) + " |")
@@ -304,7 +337,8 @@ def main(argv: Optional[list[str]] = None) -> tuple[list[RuleRow], Optional[str]
     labels = [label for label, _ in labelled]
     controls = list(dict.fromkeys(r["method"] for r in rows if r["method"].startswith(CONTROL)))
     control = args.control or (controls[0] if len(controls) == 1 else None)
-    table = rule_rows(rows, args.baseline, args.sam, [ratios for _, ratios in labelled], control)
+    plain = best_plain_control(rows, args.baseline)
+    table = rule_rows(rows, args.baseline, args.sam, [ratios for _, ratios in labelled], control, plain)
     default, why = choose_default(table, args.baseline, args.sam)
     elsewhere = [(label, *choose_default(table, args.baseline, args.sam, column=column))
                  for column, label in enumerate(labels) if column > 0]
@@ -312,7 +346,8 @@ def main(argv: Optional[list[str]] = None) -> tuple[list[RuleRow], Optional[str]
                   key=lambda r: -interval(r.vs_adamw)[0])[:3]
     text = [f"Written by `python -m glue_scripts.summarize_frontier {' '.join(sys.argv[1:] if argv is None else argv)}`.",
             "", "Scores x 100, means over seeds; differences paired by seed (the same sample and noise draw), mean "
-            "[95 % t-interval]; the control: " + (f"`{control}`" if control else "none (no single random_direction method)") + ". Share of SAM's gain kept: on the held-out score, [95 % paired bootstrap]. Step / "
+            "[95 % t-interval]; the control: " + (f"`{control}`" if control else "none (no single random_direction method)") +
+            "; the best plain control: " + (f"`{plain}`" if plain else "none") + ". Share of SAM's gain kept: on the held-out score, [95 % paired bootstrap]. Step / "
             "AdamW (runs): median over seeds of the run's median step time over AdamW's (a SAM schedule's: its mean "
             "step time, where the run recorded one; runs share the machine with other work, so these move more "
             "than the benchmark's). Benchmark: `benchmarks.step_time`'s paired "
@@ -324,7 +359,8 @@ def main(argv: Optional[list[str]] = None) -> tuple[list[RuleRow], Optional[str]
             "class balance or the tie-breaking of equal logits, not a measurement.",
             "", *table_lines(table, labels), "",
             f"Default by issue 29's rule" + (f", costs from {labels[0]}" if labels else "") + f": **{default or 'none'}**: {why}.",
-            *[f"With the costs from {label} instead: {method or 'none'}: {reason}." for label, method, reason in elsewhere], ""]
+            *[f"With the costs from {label} instead: {method or 'none'}: {reason}." for label, method, reason in elsewhere],
+            "", plain_control_line(table, plain, args.baseline, args.sam), ""]
     (args.cell_dir / "frontier.md").write_text("\n".join(text))
     if labels:
         plot_frontier(table, labels, args.cell_dir / "frontier.png")

@@ -160,3 +160,29 @@ def test_a_gain_not_separated_from_0_has_no_gain_per_cost(summarized):
     assert default == max(per_cost, key=per_cost.get) != LATE
     only_late = [r for r in table if r.method in ("adamw", SAM, LATE)]
     assert summarize_frontier.choose_default(only_late, "adamw", SAM, limit=0.9)[0] is None
+
+
+def test_each_rule_against_the_best_plain_control_and_who_ends_above_it(summarized):
+    import dataclasses
+
+    from glue_scripts.reproduce_glue import interval
+
+    folder, rows, _ = summarized
+    vs_slow = [r - s for r, s in zip(OFFSETS[RANDOM], OFFSETS[SLOW])]  # AdamW at 2e-5, the cell's one plain control
+    assert interval(rows[RANDOM].vs_plain) == pytest.approx(t_interval(vs_slow)) and rows[SLOW].vs_plain == []
+    # the random direction ends 0.01 above it on every seed, but is a control; no SAM rule is separated above it
+    text = (folder / "frontier.md").read_text()
+    assert f"The best plain-optimizer control, `{SLOW}`" in text and "separated above it (paired 95 % interval " \
+        "above 0): **none**." in text
+    above = dataclasses.replace(rows[DEFAULT], vs_plain=[0.01, 0.02, 0.015, 0.012])
+    line = summarize_frontier.plain_control_line([above if r.method == DEFAULT else r for r in rows.values()],
+                                                 SLOW, "adamw", SAM)
+    assert line.endswith(f"above 0): `{DEFAULT}`.")
+
+
+def test_the_best_plain_control_is_the_one_with_the_best_held_out_mean():
+    rows = [{"method": m, "settings": {"optimizer": o}, "heldout_score": h} for m, o, h in [
+        ("adamw", "adamw", 0.9), ("adamw@learning_rate=2e-5", "adamw", 0.75), ("adamw@num_train_epochs=3", "adamw", 0.78),
+        ("sam@sam_rho=0.1", "sam", 0.95)]]
+    assert summarize_frontier.best_plain_control(rows, "adamw") == "adamw@num_train_epochs=3"
+    assert summarize_frontier.best_plain_control(rows[:1] + rows[3:], "adamw") is None
