@@ -71,8 +71,8 @@ def benchmark_ratios(path: Path) -> tuple[str, dict[str, float]]:
     data = json.loads(path.read_text())
     args = data.get("args", {})
     label = f"{args.get('model', '?')} {args.get('batch_size', '?')}x{args.get('seq_len', '?')} {args.get('device', '?')}"
-    if data.get("started_utc"):  # two runs of one benchmark on one device tell apart by their day
-        label += f" {data['started_utc'][:10]}"
+    if data.get("started_utc"):  # two runs of one benchmark on one device tell apart by their start
+        label += f" {data['started_utc'][:16].replace('T', ' ')} UTC"
     return label, {row["method"]: row["paired_ratio_to_adamw"] for row in data["rows"]}
 
 
