@@ -64,9 +64,9 @@ NATIVE_ABORT = ("exitcode  : -6 ", "exitcode  : -11 ")  # torchrun's report of a
 
 def launch_to_succeed(out: Path, configs: list[str], timeout: float,
                       module: str = "tests.distributed.ddp_worker") -> subprocess.CompletedProcess:
-    """`launch`, once more (into a fresh folder) if a worker died of a native abort, which a wrong
-    result cannot cause; a second abort, an exception or a timeout fails. The first try's output is
-    kept in the warning."""
+    """`launch`, once more (into a fresh folder) if a worker died of a native abort (CI once saw one
+    that 50 runs here did not repeat); a second abort, an exception or a timeout fails, and a wrong
+    gradient fails the tests whichever try made it. The first try's output is in the warning."""
     result = launch(out, configs, timeout, module)
     if result.returncode != 0 and any(sign in result.stdout for sign in NATIVE_ABORT):
         warnings.warn(f"a worker aborted natively; retried once. First try:\n{result.stdout[-3000:]}")
