@@ -128,6 +128,11 @@ class RuleRow:
     sam_rule: bool = True  # False for a plain optimizer (a control such as AdamW at another learning rate)
 
 
+def perturbing_rule(row: RuleRow) -> bool:
+    """A SAM rule the default may be: not a plain optimizer, not the random-direction control."""
+    return row.sam_rule and not row.method.startswith(CONTROL)
+
+
 def epochs_at_uniform(row: dict) -> Optional[int]:
     """How many of a run's first epochs ended with the dev loss at the 50/50 predictor's (before it
     learnt anything): the rules with SAM's gain here sit there for a few epochs, and a radius over the
@@ -190,7 +195,7 @@ def rule_rows(rows: list[dict], baseline: str, sam: str, benchmarks: list[dict[s
 def choose_default(table: list[RuleRow], baseline: str, sam: str, limit: float = DEFAULT_COST_LIMIT,
                    column: int = 0) -> tuple[Optional[str], str]:
     """Issue 29's default from the table, costs from the benchmark in `column`: (method, why)."""
-    candidates = [r for r in table if r.method not in (baseline, sam) and r.sam_rule and not r.method.startswith(CONTROL)
+    candidates = [r for r in table if r.method not in (baseline, sam) and perturbing_rule(r)
                   and len(r.benchmark) > column and r.benchmark[column] is not None and r.vs_sam]
     if not candidates:
         return None, "no rule has both a benchmark cost and paired seeds with SAM"
@@ -214,7 +219,7 @@ def choose_default(table: list[RuleRow], baseline: str, sam: str, limit: float =
                          f"gain per extra AdamW step ({per_cost(best) * 100:+.1f} points at {best.benchmark[column]:.2f}x)")
 
 
-def plain_control_line(table: list[RuleRow], plain: Optional[str], baseline: str, sam: str) -> str:
+def plain_control_line(table: list[RuleRow], plain: Optional[str], baseline: str) -> str:
     """What the best plain-optimizer control gains at AdamW's cost, and which SAM rules (not the
     random-direction control) end separated above it: the gain that a perturbation adds."""
     rows = {r.method: r for r in table}
@@ -224,8 +229,8 @@ def plain_control_line(table: list[RuleRow], plain: Optional[str], baseline: str
     point, low, high = r.share
     share = "" if point is None else f", {fmt(point, 100, 0)} % of SAM's gain" + (
         f" [{fmt(low, 100, 0)}, {fmt(high, 100, 0)}]" if low is not None else "")
-    above = [x.method for x in table if x.sam_rule and x.method != baseline and not x.method.startswith(CONTROL)
-             and len(x.vs_plain) >= 2 and interval(x.vs_plain)[1] > 0]
+    above = [x.method for x in table if x.method != baseline and perturbing_rule(x) and len(x.vs_plain) >= 2
+             and interval(x.vs_plain)[1] > 0]
     return (f"The best plain-optimizer control, `{plain}` (no SAM step): held-out - AdamW "
             f"{difference_cell(r.vs_adamw)}{share}. SAM rules whose held-out score is separated above it (paired "
             f"95 % interval above 0): " + (", ".join(f"`{m}`" for m in above) if above else "**none**") + ".")
@@ -360,7 +365,7 @@ def main(argv: Optional[list[str]] = None) -> tuple[list[RuleRow], Optional[str]
             "", *table_lines(table, labels), "",
             f"Default by issue 29's rule" + (f", costs from {labels[0]}" if labels else "") + f": **{default or 'none'}**: {why}.",
             *[f"With the costs from {label} instead: {method or 'none'}: {reason}." for label, method, reason in elsewhere],
-            "", plain_control_line(table, plain, args.baseline, args.sam), ""]
+            "", plain_control_line(table, plain, args.baseline), ""]
     (args.cell_dir / "frontier.md").write_text("\n".join(text))
     if labels:
         plot_frontier(table, labels, args.cell_dir / "frontier.png")

@@ -135,7 +135,12 @@ def run_abort_once(out: str) -> None:
 
 
 def run(name: str, out: str) -> None:
-    {"checkpoint": run_checkpoint, "rank1_aborts_once": run_abort_once}.get(name, lambda o: run_step(name, o))(out)
+    if name == "checkpoint":
+        run_checkpoint(out)
+    elif name == "rank1_aborts_once":
+        run_abort_once(out)
+    else:
+        run_step(name, out)
 
 
 if __name__ == "__main__":

@@ -176,7 +176,7 @@ def test_each_rule_against_the_best_plain_control_and_who_ends_above_it(summariz
         "above 0): **none**." in text
     above = dataclasses.replace(rows[DEFAULT], vs_plain=[0.01, 0.02, 0.015, 0.012])
     line = summarize_frontier.plain_control_line([above if r.method == DEFAULT else r for r in rows.values()],
-                                                 SLOW, "adamw", SAM)
+                                                 SLOW, "adamw")
     assert line.endswith(f"above 0): `{DEFAULT}`.")
 
 
