@@ -262,6 +262,25 @@ def table_lines(table: list[RuleRow], labels: list[str]) -> list[str]:
     return lines
 
 
+def seed_lines(rows: list[dict], table: list[RuleRow]) -> list[str]:
+    """The held-out score of every run, one column per seed, beside the paired summaries: the spread
+    behind each interval, and which seeds a rule has not run yet."""
+    seeds = sorted({r["seed"] for r in rows})
+    score = {(r["method"], r["seed"]): r.get("heldout_score") for r in rows}
+    head = ["method", *[f"seed {s}" for s in seeds], "held-out - AdamW", "held-out - best plain control",
+            "share of SAM's gain kept", "first epochs at 50/50 (mean)", "runs at the 50/50 predictor"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for r in table:
+        point, low, high = r.share
+        share = "" if point is None else fmt(point, 100, 0) + " %" + (
+            f" [{fmt(low, 100, 0)}, {fmt(high, 100, 0)}]" if low is not None else "")
+        per_seed = [fmt(score[(r.method, s)]) if score.get((r.method, s)) is not None else "" for s in seeds]
+        lines.append("| " + " | ".join([
+            r.method, *per_seed, *(difference_cell(values) if values else "" for values in (r.vs_adamw, r.vs_plain)),
+            share, fmt(r.uniform_epochs, 1, 1), f"**{r.at_uniform} of {r.seeds}**" if r.at_uniform else ""]) + " |")
+    return lines
+
+
 def plot_frontier(table: list[RuleRow], labels: list[str], path: Path) -> None:
     import matplotlib
 
@@ -365,7 +384,9 @@ def main(argv: Optional[list[str]] = None) -> tuple[list[RuleRow], Optional[str]
             "", *table_lines(table, labels), "",
             f"Default by issue 29's rule" + (f", costs from {labels[0]}" if labels else "") + f": **{default or 'none'}**: {why}.",
             *[f"With the costs from {label} instead: {method or 'none'}: {reason}." for label, method, reason in elsewhere],
-            "", plain_control_line(table, plain, args.baseline), ""]
+            "", plain_control_line(table, plain, args.baseline), "",
+            "Held-out score per seed (x 100; each row's `heldout_score`), with the paired summaries above:", "",
+            *seed_lines(rows, table), ""]
     (args.cell_dir / "frontier.md").write_text("\n".join(text))
     if labels:
         plot_frontier(table, labels, args.cell_dir / "frontier.png")

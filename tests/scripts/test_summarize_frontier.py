@@ -186,3 +186,23 @@ def test_the_best_plain_control_is_the_one_with_the_best_held_out_mean():
         ("sam@sam_rho=0.1", "sam", 0.95)]]
     assert summarize_frontier.best_plain_control(rows, "adamw") == "adamw@num_train_epochs=3"
     assert summarize_frontier.best_plain_control(rows[:1] + rows[3:], "adamw") is None
+
+
+def test_the_per_seed_table_holds_each_run_and_leaves_a_seed_not_run_empty(summarized):
+    folder, rows, _ = summarized
+    lines = (folder / "frontier.md").read_text().split("Held-out score per seed")[1].strip().splitlines()
+    header = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert header[:5] == ["method", "seed 1", "seed 2", "seed 3", "seed 4"]
+    by_method = {c[0]: c for c in ([x.strip() for x in line.strip("|").split("|")] for line in lines[4:])}
+    assert by_method[RANDOM][1:5] == [f"{100 * (a + o):.1f}" for a, o in zip(ADAMW, OFFSETS[RANDOM])]
+    assert by_method[CONTROL][-1] == "**1 of 4**"
+    # a rule missing a seed: its cell is empty, its summaries over the seeds it has
+    partial = [r for r in summarize_frontier.load_rows(folder / "results.jsonl")
+               if not (r["method"] == RANDOM and r["seed"] == 3)]
+    flat_rows = [summarize_frontier.flat(r) for r in partial]
+    table = summarize_frontier.rule_rows(flat_rows, "adamw", SAM, [])
+    line = next(x for x in summarize_frontier.seed_lines(flat_rows, table) if x.startswith(f"| {RANDOM} "))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[3] == "" and cells[4] == f"{100 * (ADAMW[3] + OFFSETS[RANDOM][3]):.1f}"
+    three = [o for i, o in enumerate(OFFSETS[RANDOM]) if i != 2]
+    assert cells[5] == f"{100 * statistics.mean(three):+.1f} [{100 * t_interval(three)[1]:+.1f}, {100 * t_interval(three)[2]:+.1f}]"
