@@ -36,6 +36,7 @@ if str(REPO) not in sys.path:
 
 from glue_scripts.reproduce_glue import at_uniform_predictor, difference_cell, interval, load_rows, short_name  # noqa: E402
 from glue_scripts.summarize_cells import flat, mean, paired  # noqa: E402
+from glue_scripts.summarize_defaults import METRIC, SETTINGS  # noqa: E402
 
 CONTROL = "random_direction"
 """The control (a random perturbation of the same radius): reported, never chosen as the default."""
@@ -46,6 +47,10 @@ DEFAULT_COST_LIMIT = 1.1
 """Issue 29's rule: the cheapest rule whose gain is not separated from SAM's, if its step costs at most
 this many AdamW steps; otherwise, among the rules whose gain over AdamW is separated from 0, the best
 mean gain per extra AdamW step (a rule without a gain has no gain per cost, however cheap)."""
+DEFAULTS_TOLERANCE = 0.02
+"""The defaults check's bar (`defaults_check.sh`, clean GLUE at run_glue's defaults): a default ends
+within this much of AdamW's score on every command it ran. A rule that falls further behind on one
+is not chosen, whatever it gains on the noisy cell."""
 
 
 def benchmark_runner(settings: dict[str, str]) -> tuple[Optional[str], float]:
@@ -103,6 +108,43 @@ def kept_share(rows: list[dict], method: str, baseline: str, sam: str, key: str 
     found = stats.bootstrap((rule, gain), lambda a, b, axis=-1: a.mean(axis=axis) / b.mean(axis=axis), paired=True,
                             vectorized=True, n_resamples=9999, method="percentile", random_state=0)
     return point, float(found.confidence_interval.low), float(found.confidence_interval.high)
+
+
+def same_value(a: object, b: object) -> bool:
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
+def variant_settings(row: dict) -> dict[str, str]:
+    """A defaults-check run's rule: its flags (where one repeats, the last wins, as in argparse) and the
+    K-SAM settings its results recorded (the ones it left at their defaults included)."""
+    flags = row["flags"].split()
+    settings = {flag.removeprefix("--"): value for flag, value in zip(flags[::2], flags[1::2])}
+    settings.update({name: str(row["results"][name]) for name in SETTINGS if name in row["results"]})
+    return settings
+
+
+def defaults_check_gaps(check_rows: list[dict], method: str, settings: dict[str, str]) -> list[float]:
+    """Score - AdamW's (same task, batch and seed, in the same check) on each command of one defaults
+    check that ran the rule of `method` (a frontier method whose run settings are `settings`): the
+    run's flags and recorded settings all agree with the frontier run's, and the method's own
+    settings with the run's."""
+    name, *overrides = method.split("@")
+    wanted = {"optimizer": name, **dict(o.split("=", 1) for o in overrides)}
+    adamw = {(r["task"], r["batch"], r["seed"]): r for r in check_rows if r["variant"] == "adamw"}
+    gaps = []
+    for r in check_rows:
+        command = (r["task"], r["batch"], r["seed"])
+        if r["variant"] == "adamw" or command not in adamw:
+            continue
+        ran = variant_settings(r)
+        if all(k in ran and same_value(ran[k], v) for k, v in wanted.items()) and \
+                all(k in settings and same_value(settings[k], v) for k, v in ran.items()):
+            metric = METRIC[r["task"]]
+            gaps.append(r["results"][metric] - adamw[command]["results"][metric])
+    return gaps
 
 
 @dataclass
@@ -193,30 +235,53 @@ def rule_rows(rows: list[dict], baseline: str, sam: str, benchmarks: list[dict[s
 
 
 def choose_default(table: list[RuleRow], baseline: str, sam: str, limit: float = DEFAULT_COST_LIMIT,
-                   column: int = 0) -> tuple[Optional[str], str]:
-    """Issue 29's default from the table, costs from the benchmark in `column`: (method, why)."""
+                   column: int = 0, checked: Optional[dict[str, list[float]]] = None) -> tuple[Optional[str], str]:
+    """Issue 29's default from the table, costs from the benchmark in `column`: (method, why).
+    `checked` (method -> score - AdamW's on each command of the defaults check it ran) leaves out the
+    rules that fall more than DEFAULTS_TOLERANCE behind AdamW on one of them."""
     candidates = [r for r in table if r.method not in (baseline, sam) and perturbing_rule(r)
                   and len(r.benchmark) > column and r.benchmark[column] is not None and r.vs_sam]
     if not candidates:
         return None, "no rule has both a benchmark cost and paired seeds with SAM"
     if any(len(r.vs_sam) < 2 for r in candidates):
         return None, "undecided: a rule has fewer than 2 seeds paired with SAM, so no interval"
+    checked = checked or {}
+    failed = [r.method for r in candidates if checked.get(r.method) and min(checked[r.method]) < -DEFAULTS_TOLERANCE]
+    candidates = [r for r in candidates if r.method not in failed]
+    dropped = "" if not failed else "with " + ", ".join(
+        f"`{m}` ({100 * min(checked[m]):+.1f})" for m in failed) + (
+        f" left out by the defaults check (more than {100 * DEFAULTS_TOLERANCE:g} points behind AdamW on clean GLUE), ")
+
+    def unchecked(method: str) -> str:
+        return "" if checked.get(method) else "; not yet through the defaults check"
+
     kept = [r for r in candidates if interval(r.vs_sam)[2] >= 0]  # rule - SAM not separated below 0
     cheap = sorted((r for r in kept if r.benchmark[column] <= limit), key=lambda r: r.benchmark[column])
     if cheap:
-        return cheap[0].method, (f"the cheapest rule whose held-out gain is not separated from SAM's "
-                                 f"({cheap[0].benchmark[column]:.2f}x AdamW, at most {limit}x)")
+        return cheap[0].method, (f"{dropped}the cheapest rule whose held-out gain is not separated from SAM's "
+                                 f"({cheap[0].benchmark[column]:.2f}x AdamW, at most {limit}x){unchecked(cheap[0].method)}")
 
     def per_cost(r: RuleRow) -> float:
         return interval(r.vs_adamw)[0] / max(r.benchmark[column] - 1.0, 0.05)
 
     gaining = [r for r in candidates if interval(r.vs_adamw)[1] > 0]  # a gain per cost needs a gain: one above 0
     if not gaining:
-        return None, (f"no rule at most {limit}x AdamW keeps a gain not separated from SAM's, and no rule's gain "
-                      "over AdamW is separated from 0")
+        return None, (f"{dropped}no rule at most {limit}x AdamW keeps a gain not separated from SAM's, and no "
+                      "rule's gain over AdamW is separated from 0" + (": the library's default stays" if failed else ""))
     best = max(gaining, key=per_cost)
-    return best.method, (f"no rule at most {limit}x AdamW keeps a gain not separated from SAM's: the best held-out "
-                         f"gain per extra AdamW step ({per_cost(best) * 100:+.1f} points at {best.benchmark[column]:.2f}x)")
+    return best.method, (f"{dropped}no rule at most {limit}x AdamW keeps a gain not separated from SAM's: the best "
+                         f"held-out gain per extra AdamW step ({per_cost(best) * 100:+.1f} points at "
+                         f"{best.benchmark[column]:.2f}x){unchecked(best.method)}")
+
+
+def defaults_check_lines(checked: dict[str, list[float]], folders: list[Path]) -> list[str]:
+    """Each rule's worst command of the defaults check against AdamW, where it ran one."""
+    if not folders:
+        return []
+    ran = [f"`{m}` {100 * min(gaps):+.1f} (worst of {len(gaps)})" for m, gaps in checked.items() if gaps]
+    return ["", f"Defaults check ({', '.join(f'`{folder}`' for folder in folders)}; clean GLUE at run_glue's defaults, "
+            f"score - AdamW's on the same command, a rule more than {100 * DEFAULTS_TOLERANCE:g} points behind on one "
+            "is not the default): " + ("; ".join(ran) if ran else "no rule of this table ran it") + "."]
 
 
 def plain_control_line(table: list[RuleRow], plain: Optional[str], baseline: str) -> str:
@@ -353,6 +418,9 @@ def main(argv: Optional[list[str]] = None) -> tuple[list[RuleRow], Optional[str]
     parser.add_argument("--control", help="the control method (default: the cell's one random_direction method)")
     parser.add_argument("--benchmarks", type=Path, nargs="*", default=[],
                         help="step_time JSON files; the first one's costs decide the default")
+    parser.add_argument("--defaults_check", type=Path, nargs="*", default=[],
+                        help="folders of defaults_check.sh results (results.jsonl): a rule that falls more than "
+                             f"{100 * DEFAULTS_TOLERANCE:g} points behind AdamW on one of their commands is not the default")
     args = parser.parse_args(argv)
     rows = [flat(r) for r in load_rows(args.cell_dir / "results.jsonl")]
     if not any(r["method"] == args.sam for r in rows):
@@ -363,8 +431,12 @@ def main(argv: Optional[list[str]] = None) -> tuple[list[RuleRow], Optional[str]
     control = args.control or (controls[0] if len(controls) == 1 else None)
     plain = best_plain_control(rows, args.baseline)
     table = rule_rows(rows, args.baseline, args.sam, [ratios for _, ratios in labelled], control, plain)
-    default, why = choose_default(table, args.baseline, args.sam)
-    elsewhere = [(label, *choose_default(table, args.baseline, args.sam, column=column))
+    checks = [load_rows(folder / "results.jsonl") for folder in args.defaults_check]  # each against its own AdamW
+    run_settings = {r["method"]: r["settings"] for r in rows}
+    checked = {r.method: [gap for check in checks for gap in defaults_check_gaps(check, r.method, run_settings[r.method])]
+               for r in table if perturbing_rule(r)}
+    default, why = choose_default(table, args.baseline, args.sam, checked=checked)
+    elsewhere = [(label, *choose_default(table, args.baseline, args.sam, column=column, checked=checked))
                  for column, label in enumerate(labels) if column > 0]
     best = sorted((r for r in table if r.method not in (args.baseline, args.sam) and r.vs_adamw),
                   key=lambda r: -interval(r.vs_adamw)[0])[:3]
@@ -384,6 +456,7 @@ def main(argv: Optional[list[str]] = None) -> tuple[list[RuleRow], Optional[str]
             "", *table_lines(table, labels), "",
             f"Default by issue 29's rule" + (f", costs from {labels[0]}" if labels else "") + f": **{default or 'none'}**: {why}.",
             *[f"With the costs from {label} instead: {method or 'none'}: {reason}." for label, method, reason in elsewhere],
+            *defaults_check_lines(checked, args.defaults_check),
             "", plain_control_line(table, plain, args.baseline), "",
             "Held-out score per seed (x 100; each row's `heldout_score`), with the paired summaries above:", "",
             *seed_lines(rows, table), ""]

@@ -32,12 +32,12 @@ OFFSETS = {  # held-out score - AdamW's, per seed
 }
 SETTINGS = {
     "adamw": {"optimizer": "adamw"},
-    SAM: {"optimizer": "sam"},
-    MOMENTUM: {"optimizer": "momentum"},
-    DEFAULT: {"optimizer": "ksam", "ksam_selection": "top_k_ascent", "ksam_k": "0.25"},
-    RANDOM: {"optimizer": "ksam", "ksam_selection": "random_ascent", "ksam_k": "0.125"},
-    LATE: {"optimizer": "sam", "sam_start_fraction": "0.7"},
-    CONTROL: {"optimizer": "random_direction"},
+    SAM: {"optimizer": "sam", "sam_rho": "0.1"},
+    MOMENTUM: {"optimizer": "momentum", "sam_rho": "0.1"},
+    DEFAULT: {"optimizer": "ksam", "ksam_selection": "top_k_ascent", "ksam_k": "0.25", "sam_rho": "0.1"},
+    RANDOM: {"optimizer": "ksam", "ksam_selection": "random_ascent", "ksam_k": "0.125", "sam_rho": "0.1"},
+    LATE: {"optimizer": "sam", "sam_start_fraction": "0.7", "sam_rho": "0.1"},
+    CONTROL: {"optimizer": "random_direction", "sam_rho": "0.1"},
     SLOW: {"optimizer": "adamw", "learning_rate": "2e-05"},
 }
 BENCHMARK = {"adamw": 1.0, "sam": 2.0, "momentum": 1.05, "ksam@0.25+top_k_ascent": 1.6, "random_ascent@0.125": 1.1,
@@ -206,3 +206,47 @@ def test_the_per_seed_table_holds_each_run_and_leaves_a_seed_not_run_empty(summa
     assert cells[3] == "" and cells[4] == f"{100 * (ADAMW[3] + OFFSETS[RANDOM][3]):.1f}"
     three = [o for i, o in enumerate(OFFSETS[RANDOM]) if i != 2]
     assert cells[5] == f"{100 * statistics.mean(three):+.1f} [{100 * t_interval(three)[1]:+.1f}, {100 * t_interval(three)[2]:+.1f}]"
+
+
+def check_row(task: str, batch: int, variant: str, flags: str, score: float, **recorded) -> dict:
+    metric = {"mrpc": "eval_combined_score", "sst2": "eval_accuracy"}[task]
+    return {"task": task, "batch": batch, "seed": 1, "variant": variant, "flags": flags,
+            "results": {metric: score, **recorded}}
+
+
+def test_the_defaults_check_leaves_out_a_rule_behind_adamw_on_clean_glue(tmp_path):
+    write_cell(tmp_path)
+    cpu, gpu = tmp_path / "cpu", tmp_path / "gpu"
+    cpu.mkdir(), gpu.mkdir()
+    random_flags = "--optimizer ksam --ksam_selection random_ascent --ksam_k 0.125 --sam_rho 0.1"
+    cpu_rows = [check_row("mrpc", 8, "adamw", "--optimizer adamw", 0.80),
+                check_row("mrpc", 8, "ra8", random_flags, 0.77),  # 3 points behind: out
+                check_row("mrpc", 8, "ra8-rho2", random_flags.replace("0.1", "0.2"), 0.50),  # another radius
+                check_row("mrpc", 8, "ra8-mix", random_flags + " --ksam_uniform_mix 0.9", 0.30),  # a flag it lacks
+                check_row("mrpc", 8, "sam", "--optimizer ksam --optimizer sam --sam_rho 0.1", 0.40)]  # plain SAM, not LATE
+    gpu_rows = [check_row("sst2", 32, "adamw", "--optimizer adamw", 0.90),
+                check_row("sst2", 32, "ra8", random_flags, 0.905, ksam_k=0.125, sam_rho=0.1),
+                check_row("mrpc", 8, "ra8", random_flags, 0.79)]  # no AdamW of this command in this check: unpaired
+    cpu.joinpath("results.jsonl").write_text("\n".join(json.dumps(r) for r in cpu_rows) + "\n")
+    gpu.joinpath("results.jsonl").write_text("\n".join(json.dumps(r) for r in gpu_rows) + "\n")
+    rows = [summarize_frontier.flat(r) for r in summarize_frontier.load_rows(tmp_path / "results.jsonl")]
+    late_settings = next(r["settings"] for r in rows if r["method"] == LATE)
+    assert summarize_frontier.defaults_check_gaps(cpu_rows, LATE, late_settings) == []
+    benchmark = tmp_path / "bench.json"
+    benchmark.write_text(json.dumps({"args": {}, "rows": [{"method": m, "paired_ratio_to_adamw": r}
+                                                          for m, r in BENCHMARK.items()]}))
+    table, default = summarize_frontier.main([str(tmp_path), "--sam", SAM, "--benchmarks", str(benchmark),
+                                              "--defaults_check", str(cpu), str(gpu)])
+    # without the check RANDOM is the default (test_costs_flipped_shares_and_the_default); out, no other rule
+    # at most 1.1x keeps SAM's gain, and momentum (half SAM's gain, separated above 0, at 1.05x) has the best
+    # gain per extra step: 0.035 / 0.05 against the default rule's 0.07 / 0.6
+    assert default == MOMENTUM
+    text = (tmp_path / "frontier.md").read_text()
+    assert f"`{RANDOM}` (-3.0) left out by the defaults check" in text and "not yet through the defaults check" in text
+    assert f"`{RANDOM}` -3.0 (worst of 2)" in text  # the CPU's -3.0 and the GPU's +0.5, each against its own AdamW
+    rows_by = {r.method: r for r in table}
+    checked = {RANDOM: [-0.03], MOMENTUM: [-0.021], DEFAULT: [0.0, -0.025]}
+    method, why = summarize_frontier.choose_default(list(rows_by.values()), "adamw", SAM, checked=checked)
+    assert method is None and why.endswith("the library's default stays")
+    checked[DEFAULT] = [0.0, -0.02]  # exactly 2 points behind is within the bar
+    assert summarize_frontier.choose_default(list(rows_by.values()), "adamw", SAM, checked=checked)[0] == DEFAULT
