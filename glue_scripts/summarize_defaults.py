@@ -17,6 +17,17 @@ METRIC = {"mrpc": "eval_combined_score", "sst2": "eval_accuracy"}
 SETTINGS = ("ksam_selection", "sam_rho", "ksam_k")
 
 
+def variant_settings(row: dict) -> dict[str, str]:
+    """A run's rule: its flags (where one repeats, the last wins, as argparse reads them) and, unless
+    they name another optimizer, the K-SAM settings its results recorded (those left at their
+    defaults included: a SAM run records K-SAM's defaults too, which it does not use)."""
+    flags = row.get("flags", "").split()
+    settings = {flag.removeprefix("--"): value for flag, value in zip(flags[::2], flags[1::2])}
+    if settings.get("optimizer", "ksam") == "ksam":
+        settings.update({name: str(row["results"][name]) for name in SETTINGS if name in row["results"]})
+    return settings
+
+
 def table(rows: list[dict]) -> list[str]:
     """Markdown lines: one row per (task, batch, seed, K-SAM variant), AdamW's row beside it."""
     cells = {(r["task"], r["batch"], r["seed"], r["variant"]): r for r in rows}
@@ -26,7 +37,9 @@ def table(rows: list[dict]) -> list[str]:
         if variant == "adamw" or (task, batch, seed, "adamw") not in cells:
             continue
         a, k = cells[task, batch, seed, "adamw"]["results"], row["results"]
-        settings = ", ".join(f"{name}={k[name]}" for name in SETTINGS if name in k)
+        ran = variant_settings(row)
+        settings = ", ".join(f"{name}={k[name]}" for name in SETTINGS if name in k) if ran.get("optimizer", "ksam") == \
+            "ksam" else ", ".join(f"{name}={value}" for name, value in ran.items())
         lines.append(f"| {task} | {batch} | {seed} | {variant} | {settings} | {100 * a[METRIC[task]]:.1f} | "
                      f"{100 * k[METRIC[task]]:.1f} | {100 * (k[METRIC[task]] - a[METRIC[task]]):+.1f} | "
                      f"{a['eval_loss']:.3f} | {k['eval_loss']:.3f} | "

@@ -36,7 +36,7 @@ if str(REPO) not in sys.path:
 
 from glue_scripts.reproduce_glue import at_uniform_predictor, difference_cell, interval, load_rows, short_name  # noqa: E402
 from glue_scripts.summarize_cells import flat, mean, paired  # noqa: E402
-from glue_scripts.summarize_defaults import METRIC, SETTINGS  # noqa: E402
+from glue_scripts.summarize_defaults import METRIC, variant_settings  # noqa: E402
 
 CONTROL = "random_direction"
 """The control (a random perturbation of the same radius): reported, never chosen as the default."""
@@ -115,15 +115,6 @@ def same_value(a: object, b: object) -> bool:
         return float(a) == float(b)
     except (TypeError, ValueError):
         return str(a) == str(b)
-
-
-def variant_settings(row: dict) -> dict[str, str]:
-    """A defaults-check run's rule: its flags (where one repeats, the last wins, as in argparse) and the
-    K-SAM settings its results recorded (the ones it left at their defaults included)."""
-    flags = row["flags"].split()
-    settings = {flag.removeprefix("--"): value for flag, value in zip(flags[::2], flags[1::2])}
-    settings.update({name: str(row["results"][name]) for name in SETTINGS if name in row["results"]})
-    return settings
 
 
 def defaults_check_gaps(check_rows: list[dict], method: str, settings: dict[str, str]) -> list[float]:

@@ -49,3 +49,19 @@ def test_the_machine_line_is_the_results_own_where_it_has_one(tmp_path):
     (tmp_path / "machine.txt").write_text("one NVIDIA H200 (the device tool)\n")
     summarize_defaults.main(tmp_path)
     assert "Machine: one NVIDIA H200 (the device tool).\n" in (tmp_path / "results.md").read_text()
+
+
+def test_a_run_of_another_optimizer_shows_its_flags_not_the_k_sam_defaults_it_recorded(tmp_path):
+    sam = row("mrpc", 8, "sam2", 0.76, 0.6, 0.27, ksam_selection="top_k_ascent", sam_rho=0.2, ksam_k=0.25)
+    sam["flags"] = "--optimizer ksam --optimizer sam --sam_every_n_steps 2 --sam_rho 0.2"  # the last --optimizer wins
+    ksam = row("mrpc", 8, "ra4", 0.764, 0.58, 0.26, ksam_selection="random_ascent", sam_rho=0.15, ksam_k=0.25)
+    ksam["flags"] = "--optimizer ksam --ksam_selection random_ascent --sam_rho 0.15"  # ksam_k left at its default
+    assert summarize_defaults.variant_settings(sam) == {"optimizer": "sam", "sam_every_n_steps": "2", "sam_rho": "0.2"}
+    assert summarize_defaults.variant_settings(ksam) == {"optimizer": "ksam", "ksam_selection": "random_ascent",
+                                                        "sam_rho": "0.15", "ksam_k": "0.25"}
+    rows = [row("mrpc", 8, "adamw", 0.80, 0.45, 0.20), sam, ksam]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summarize_defaults.main(tmp_path)
+    text = (tmp_path / "results.md").read_text()
+    assert "| sam2 | optimizer=sam, sam_every_n_steps=2, sam_rho=0.2 | 80.0 | 76.0 | -4.0 |" in text
+    assert "| ra4 | ksam_selection=random_ascent, sam_rho=0.15, ksam_k=0.25 | 80.0 | 76.4 | -3.6 |" in text
