@@ -6,7 +6,8 @@
 # result, 2-4x less compute on these short sentences).
 # Usage: bash glue_scripts/defaults_check.sh [SEED [LABEL="--flag value ..." ...]]
 #   With no LABEL: AdamW and K-SAM with the library's defaults. Each LABEL="FLAGS" runs a K-SAM
-#   candidate with those flags instead (how the defaults were chosen). TASKS="mrpc" limits the
+#   candidate with those flags instead (how the defaults were chosen; a later --optimizer replaces
+#   ksam, e.g. "sam2=--optimizer sam --sam_every_n_steps 2"). TASKS="mrpc" limits the
 #   tasks, BATCHES="8" the batch sizes. Finished runs are skipped: the script resumes where it stopped.
 #   MODEL, GLUE_DIR, RESULTS_DIR and RUNS_DIR move the model, the data and the outputs (a GPU
 #   session: defaults_check_gpu.sh).
