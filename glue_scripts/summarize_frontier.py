@@ -358,12 +358,12 @@ def plot_frontier(table: list[RuleRow], labels: list[str], path: Path) -> None:
                 continue
             middle, low, high = interval(r.vs_adamw) if r.vs_adamw else (0.0, None, None)
             error = None if low is None else [[100 * (middle - low)], [100 * (high - middle)]]
-            color = f"C{i % 10}"
+            color = plt.cm.tab20(i % 20)  # up to 20 methods without a repeated colour
             ax.errorbar([cost], [100 * middle], yerr=error, fmt=markers[i % len(markers)], color=color, capsize=3,
                         markerfacecolor="none" if r.at_uniform else color,
                         label=short_name(r.method) + (f" ({r.at_uniform} of {r.seeds} at 50/50)" if r.at_uniform else ""))
         ax.axhline(0, color="grey", lw=0.8)
-        ax.set_xlabel(f"step cost, x AdamW ({label})")
+        ax.set_xlabel(f"step cost, x AdamW\n({label})")
         ax.set_ylabel("held-out - AdamW, points (mean, 95 % CI)")
         ax.grid(alpha=0.3)
     handles, names = axes[0][0].get_legend_handles_labels()
