@@ -221,7 +221,7 @@ def test_the_defaults_check_leaves_out_a_rule_behind_adamw_on_clean_glue(tmp_pat
     random_flags = "--optimizer ksam --ksam_selection random_ascent --ksam_k 0.125 --sam_rho 0.1"
     cpu_rows = [check_row("mrpc", 8, "adamw", "--optimizer adamw", 0.80),
                 check_row("mrpc", 8, "ra8", random_flags, 0.77),  # 3 points behind: out
-                check_row("mrpc", 8, "ra8-rho2", random_flags.replace("0.1", "0.2"), 0.50),  # another radius
+                check_row("mrpc", 8, "ra8-rho2", random_flags.replace("rho 0.1", "rho 0.2"), 0.50),  # another radius
                 check_row("mrpc", 8, "ra8-mix", random_flags + " --ksam_uniform_mix 0.9", 0.30),  # a flag it lacks
                 check_row("mrpc", 8, "sam", "--optimizer ksam --optimizer sam --sam_rho 0.1", 0.40)]  # plain SAM, not LATE
     gpu_rows = [check_row("sst2", 32, "adamw", "--optimizer adamw", 0.90),
