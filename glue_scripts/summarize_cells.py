@@ -159,7 +159,7 @@ def plot_epochs(cells: dict[str, tuple[Cell, list[dict]]], names: list[str], pat
         for ax in axes[:, column]:
             ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("dev score x 100")
-    axes[1][0].set_ylabel("training loss (noisy labels)")
+    axes[1][0].set_ylabel("training loss (on the labels trained on)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
