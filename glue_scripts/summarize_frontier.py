@@ -37,7 +37,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from glue_scripts.reproduce_glue import at_uniform_predictor, difference_cell, interval, load_rows, short_name  # noqa: E402
+from glue_scripts.reproduce_glue import (  # noqa: E402
+    at_uniform_predictor, difference_cell, interval, load_rows, normalized, short_name)
 from glue_scripts.summarize_cells import flat, mean, paired  # noqa: E402
 from glue_scripts.summarize_defaults import METRIC, variant_settings  # noqa: E402
 
@@ -113,13 +114,6 @@ def kept_share(rows: list[dict], method: str, baseline: str, sam: str, key: str 
     return point, float(found.confidence_interval.low), float(found.confidence_interval.high)
 
 
-def same_value(a: object, b: object) -> bool:
-    try:
-        return float(a) == float(b)
-    except (TypeError, ValueError):
-        return str(a) == str(b)
-
-
 def defaults_check_gaps(check_rows: list[dict], method: str, settings: dict[str, str]) -> list[float]:
     """Score - AdamW's (same task, batch and seed, in the same check) on each command of one defaults
     check that ran the rule of `method` (a frontier method whose run settings are `settings`): the
@@ -134,8 +128,8 @@ def defaults_check_gaps(check_rows: list[dict], method: str, settings: dict[str,
         if r["variant"] == "adamw" or command not in adamw:
             continue
         ran = variant_settings(r)
-        if all(k in ran and same_value(ran[k], v) for k, v in wanted.items()) and \
-                all(k in settings and same_value(settings[k], v) for k, v in ran.items()):
+        if all(k in ran and normalized(ran[k]) == normalized(v) for k, v in wanted.items()) and \
+                all(k in settings and normalized(str(settings[k])) == normalized(v) for k, v in ran.items()):
             metric = METRIC[r["task"]]
             gaps.append(r["results"][metric] - adamw[command]["results"][metric])
     return gaps
