@@ -62,15 +62,16 @@ from glue_scripts.run_safety import (InputError, RunSettingsRecorder, input_erro
                                      prepare_output_dir, write_json_atomic)
 from ksam_hf import KSAMConfig, KSAMTrainer  # noqa: E402
 from ksam_hf.config import validate_sam_fields  # noqa: E402
+from ksam_hf.rules import PERTURBING_MODES  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-OPTIMIZERS: dict[str, str] = {"adamw": "none", "sgd": "none", "sam": "sam", "ksam": "ksam", "momentum": "momentum",
-                              "random_direction": "random_direction"}
-"""`--optimizer` -> `sam_mode`. adamw and sgd are the plain Trainer step with that optimizer; the
-others wrap the base optimizer of `--optim` (AdamW unless given)."""
-DEFAULT_OPTIM = {"adamw": "adamw_torch", "sgd": "sgd", "sam": "adamw_torch", "ksam": "adamw_torch",
-                 "momentum": "adamw_torch", "random_direction": "adamw_torch"}
+PLAIN_OPTIMIZERS = {"adamw": "adamw_torch", "sgd": "sgd"}
+"""`--optimizer` values that train with the stock Trainer step, and the `--optim` each means."""
+OPTIMIZERS: dict[str, str] = {**{name: "none" for name in PLAIN_OPTIMIZERS}, **{mode: mode for mode in PERTURBING_MODES}}
+"""`--optimizer` -> `sam_mode`, from the library's registry of step modes. adamw and sgd are the plain
+Trainer step with that optimizer; the others wrap the base optimizer of `--optim` (AdamW unless given)."""
+DEFAULT_OPTIM = {**PLAIN_OPTIMIZERS, **{mode: "adamw_torch" for mode in PERTURBING_MODES}}
 
 
 @dataclass

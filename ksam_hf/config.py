@@ -8,9 +8,11 @@ from typing import Any, Optional
 
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
+from .rules import STEP_MODES
 from .selection import SELECTION_RULES
 
-SAM_MODES = ("ksam", "sam", "momentum", "random_direction", "none")
+SAM_MODES = tuple(STEP_MODES)
+"""`sam_mode`'s choices, from the one registry of step modes (`rules.STEP_MODES`)."""
 RANK_DTYPES = ("float32", "bfloat16")
 TRUE_TEXTS, FALSE_TEXTS = ("true", "yes", "1"), ("false", "no", "0")
 
@@ -94,8 +96,7 @@ class KSAMConfig(TrainingArguments):
 
     sam_mode: str = field(
         default="ksam",
-        metadata={"help": "'ksam' (SAM on k examples per batch), 'sam' (full-batch SAM), 'momentum' (Momentum-SAM), "
-                          "'random_direction' (a random perturbation: the control) or 'none' (plain Trainer step).",
+        metadata={"help": "; ".join(f"'{mode.name}': {mode.help}" for mode in STEP_MODES.values()) + ".",
                   "choices": list(SAM_MODES)},
     )
     sam_rho: float = field(default=0.01, metadata={"help": "SAM ascent radius rho (>= 0)."})
@@ -221,7 +222,7 @@ def validate_sam_fields(args: KSAMConfig) -> None:
         setattr(args, name, as_bool(name, getattr(args, name)))
     if args.ksam_rank_dtype not in RANK_DTYPES:
         raise ValueError(f"`ksam_rank_dtype`={args.ksam_rank_dtype!r} is unknown: use one of {', '.join(RANK_DTYPES)}.")
-    if args.ksam_selection == "random_ascent" and args.sam_mode != "ksam":
+    if args.ksam_selection == "random_ascent" and not STEP_MODES[args.sam_mode].selects_rows:
         raise ValueError(f"`ksam_selection`='random_ascent' needs `sam_mode`='ksam' (got {args.sam_mode!r}): it picks "
                          "K-SAM's ascent rows. Set sam_mode='ksam', or drop ksam_selection.")
     every = args.sam_every_n_steps

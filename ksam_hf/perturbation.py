@@ -1,18 +1,20 @@
 """Where a step's perturbation e comes from: one small class per source.
 
-The training step asks its `Direction` for e once per micro-batch and descends at w + e. SAM and
-K-SAM take e from an ascent gradient of some rows (`AscentGradient`, the step's `_ascend`);
+The training step asks its `Direction` for e once per micro-batch and descends at w + e. A
+direction never sees the trainer: it declares what it needs. SAM and K-SAM take e from an ascent
+gradient of some rows (`AscentGradient`: `needs_ascent`, so the step runs that pass itself);
 Momentum-SAM from the base optimizer's first moment, at no extra pass (`OptimizerMomentum`); the
 control from a seeded Gaussian draw (`RandomDirection`); a scheduled plain step from nothing
-(`NoPerturbation`). A new source is one subclass; the step does not change.
+(`NoPerturbation`). The last three read what they need from a `StepContext`. A new source is one
+subclass; the step does not change.
 """
 
 from __future__ import annotations
 
 import logging
-from abc import ABC, abstractmethod
+from abc import ABC
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -20,9 +22,6 @@ from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from .sharpness import ascent_norm
-
-if TYPE_CHECKING:
-    from .trainer import SharpnessAwareStepMixin
 
 logger = logging.getLogger(__name__)
 
@@ -38,32 +37,41 @@ class Perturbation:
     per_example: Optional[tuple[torch.Tensor, torch.Tensor]] = None
 
 
+@dataclass(frozen=True)
+class StepContext:
+    """What a direction without an ascent pass may read: the base optimizer (its state holds the
+    moments), the optimizer steps completed, the radius and the run's seed."""
+
+    optimizer: Any
+    global_step: int
+    rho: float
+    seed: int
+
+
 class Direction(ABC):
-    """A source of e."""
+    """A source of e. `needs_ascent`: e comes from the ascent gradient of the step's ascent rows,
+    which the step computes itself (`perturbation` is then not called)."""
 
-    @abstractmethod
-    def perturbation(self, step: "SharpnessAwareStepMixin", model: nn.Module,
-                     ascent_rows: Optional[dict[str, Any]]) -> Perturbation:
-        """e for this micro-batch (not yet applied)."""
+    needs_ascent: bool = False
 
-
-def trainable(model: nn.Module) -> list[nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]
+    def perturbation(self, params: list[nn.Parameter], context: StepContext) -> Perturbation:
+        """e for this micro-batch (not yet applied), for the trainable `params`."""
+        raise NotImplementedError(f"{type(self).__name__} takes e from the step's ascent pass.")
 
 
 class NoPerturbation(Direction):
     """A plain step of the base optimizer (a step the SAM schedule leaves unperturbed)."""
 
-    def perturbation(self, step, model, ascent_rows) -> Perturbation:
+    def perturbation(self, params: list[nn.Parameter], context: StepContext) -> Perturbation:
         return Perturbation([], None)
 
 
 class AscentGradient(Direction):
     """SAM's e = rho g / ||g|| (ASAM: rho w^2 g / ||w g||), g the gradient of the ascent rows' mean
-    loss: one more forward and backward, on the rows the selection rule gives (SAM: the batch)."""
+    loss: one more forward and backward, on the rows the selection rule gives (SAM: the batch),
+    which the step runs (`needs_ascent`)."""
 
-    def perturbation(self, step, model, ascent_rows) -> Perturbation:
-        return step._ascend(model, ascent_rows)
+    needs_ascent = True
 
 
 class OptimizerMomentum(Direction):
@@ -88,23 +96,23 @@ class OptimizerMomentum(Direction):
     def __init__(self) -> None:
         self._warned = False
 
-    def perturbation(self, step, model, ascent_rows) -> Perturbation:
-        params = trainable(model)
-        state = step.optimizer.state if step.optimizer is not None else {}
+    def perturbation(self, params: list[nn.Parameter], context: StepContext) -> Perturbation:
+        optimizer = context.optimizer
+        state = optimizer.state if optimizer is not None else {}
         moments = [self._moment(state.get(p, {})) for p in params]
         moved = [(p, m) for p, m in zip(params, moments) if m is not None]
         if not moved:
-            if (step.state.global_step > 0 or any(state.get(p) for p in params)) and not self._warned:
+            if (context.global_step > 0 or any(state.get(p) for p in params)) and not self._warned:
                 self._warned = True
-                logger.warning(f"sam_mode='momentum': {type(getattr(step.optimizer, 'optimizer', step.optimizer)).__name__} "
+                logger.warning(f"sam_mode='momentum': {type(getattr(optimizer, 'optimizer', optimizer)).__name__} "
                                "keeps no first moment (exp_avg / momentum_buffer): every step is a plain step. Use "
                                "AdamW or SGD with momentum, or another sam_mode.")
             return Perturbation([], None)
         params, moments = [p for p, _ in moved], [m for _, m in moved]
         norm = float(ascent_norm(moments, params, adaptive=False))
-        if not norm > 0 or step.args.sam_rho == 0:
+        if not norm > 0 or context.rho == 0:
             return Perturbation([], None)
-        epsilon = torch._foreach_mul(moments, -step.args.sam_rho / norm)
+        epsilon = torch._foreach_mul(moments, -context.rho / norm)
         return Perturbation(params, [e.to(p.dtype) for e, p in zip(epsilon, params)])
 
     @classmethod
@@ -121,11 +129,10 @@ class RandomDirection(Direction):
     by the run's seed and the optimizer step (the same draw on every process and every micro-batch
     of a step, and after a resume). One forward and backward: is it the direction that matters?"""
 
-    def perturbation(self, step, model, ascent_rows) -> Perturbation:
-        params = trainable(model)
-        if not params or step.args.sam_rho == 0:
+    def perturbation(self, params: list[nn.Parameter], context: StepContext) -> Perturbation:
+        if not params or context.rho == 0:
             return Perturbation([], None)
-        seed = int(np.random.SeedSequence([step.args.seed, step.state.global_step, 0x5A4D]).generate_state(1)[0])
+        seed = int(np.random.SeedSequence([context.seed, context.global_step, 0x5A4D]).generate_state(1)[0])
         generators: dict[torch.device, torch.Generator] = {}
         epsilon = []
         for p in params:
@@ -136,5 +143,5 @@ class RandomDirection(Direction):
                 z = distribute_tensor(z, p.device_mesh, p.placements)
             epsilon.append(z)
         norm = float(ascent_norm(epsilon, params, adaptive=False))
-        torch._foreach_mul_(epsilon, step.args.sam_rho / norm)
+        torch._foreach_mul_(epsilon, context.rho / norm)
         return Perturbation(params, [e.to(p.dtype) for e, p in zip(epsilon, params)])

@@ -1,8 +1,10 @@
-"""What one step of each `sam_mode` does: the rows of its passes and where its perturbation comes from.
+"""The step modes (`sam_mode`): the one registry from which `KSAMConfig`'s choices, `run_glue.py
+--optimizer` and the studies' methods are built.
 
 A `StepRule` pairs a selection rule (None: the whole batch in both passes, no ranking) with a
 `Direction`. The training step runs whatever its rule declares, with no branch per mode: a ranking
 pass if the selection needs one, an ascent pass if the direction needs one, the descent at w + e.
+A new mode is one `StepMode` in `STEP_MODES`.
 """
 
 from __future__ import annotations
@@ -26,14 +28,44 @@ class StepRule:
         return self.rows is not None and self.rows.needs_ranking
 
 
+@dataclass(frozen=True)
+class StepMode:
+    """One `sam_mode`: its one-line description, where its e comes from (None: the stock Trainer
+    step) and whether `ksam_selection` picks its rows."""
+
+    name: str
+    help: str
+    direction: Optional[type[Direction]]
+    selects_rows: bool = False
+
+    @property
+    def perturbs(self) -> bool:
+        return self.direction is not None
+
+    def rule(self, selection: SelectionRule) -> Optional[StepRule]:
+        """The mode's rule (`selection`: K-SAM's, from `ksam_selection`); None for the stock step."""
+        if self.direction is None:
+            return None
+        return StepRule(selection if self.selects_rows else None, self.direction())
+
+
+STEP_MODES: dict[str, StepMode] = {mode.name: mode for mode in (
+    StepMode("ksam", "SAM on k examples per batch, picked by ksam_selection", AscentGradient, selects_rows=True),
+    StepMode("sam", "full-batch SAM (two forward and backward passes)", AscentGradient),
+    StepMode("momentum", "Momentum-SAM: the perturbation along the optimizer's first moment, no ascent pass",
+             OptimizerMomentum),
+    StepMode("random_direction", "a seeded random perturbation of radius rho: the control", RandomDirection),
+    StepMode("none", "the plain Trainer step (the baseline)", None),
+)}
+"""`sam_mode` -> `StepMode`, in the order the options list them."""
+
+PERTURBING_MODES = tuple(name for name, mode in STEP_MODES.items() if mode.perturbs)
+"""The modes whose step perturbs the weights (every mode but the stock step)."""
+
 PLAIN_STEP = StepRule(None, NoPerturbation())
 """A step the SAM schedule leaves unperturbed: one forward and backward on the whole batch."""
 
 
-def step_rule(sam_mode: str, selection: SelectionRule) -> StepRule:
-    """The rule of a perturbing `sam_mode` (`selection`: K-SAM's, from `ksam_selection`)."""
-    rules = {"sam": lambda: StepRule(None, AscentGradient()),
-             "ksam": lambda: StepRule(selection, AscentGradient()),
-             "momentum": lambda: StepRule(None, OptimizerMomentum()),
-             "random_direction": lambda: StepRule(None, RandomDirection())}
-    return rules[sam_mode]()
+def step_rule(sam_mode: str, selection: SelectionRule) -> Optional[StepRule]:
+    """The rule of `sam_mode` (None for `"none"`, the stock Trainer step)."""
+    return STEP_MODES[sam_mode].rule(selection)

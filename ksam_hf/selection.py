@@ -43,13 +43,30 @@ class Selected:
     The descent loss is `sum_i descent_weights[i] * loss_sum_i / descent_items` over the descent
     rows, with weights of one when `descent_weights` is None and, when `descent_items` is None, the
     descent rows' own item count (their mean loss). With inverse inclusion probabilities and the
-    whole batch's item count, it is an unbiased estimate of the batch's mean loss.
+    whole batch's item count, it is an unbiased estimate of the batch's mean loss. `whole_batch`:
+    both passes run on the micro-batch as it is (no selection rule: SAM, momentum, the control);
+    its row indices are then not read. No ascent row: nothing in the micro-batch has a label.
     """
 
     ascent: torch.Tensor
     descent: torch.Tensor
     descent_weights: Optional[torch.Tensor] = None
     descent_items: Optional[float] = None
+    whole_batch: bool = False
+
+    @classmethod
+    def everything(cls) -> "Selected":
+        """Both passes on the whole micro-batch, unweighted."""
+        return cls(torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), whole_batch=True)
+
+    @classmethod
+    def nothing(cls) -> "Selected":
+        """A micro-batch without a labelled example."""
+        return cls(torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long))
+
+    @property
+    def empty(self) -> bool:
+        return not self.whole_batch and self.ascent.numel() == 0
 
 
 class SelectionRule(ABC):

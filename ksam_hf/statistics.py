@@ -38,8 +38,19 @@ class StepStatistics:
         self.micro_batches += 1
         self.perturbed += int(perturbed)
 
-    def add_ascent(self, kept: int, kept_loss: torch.Tensor, norm: float) -> None:
-        """One ascent pass: rows kept, their mean loss, the ascent gradient's norm (unscaled)."""
+    def add_unlabelled(self) -> None:
+        """A micro-batch with no labelled example: nothing to ascend or descend on."""
+        self.empty += 1
+
+    def add_selection(self, selected: Selected) -> None:
+        """The rows a selection rule kept in the latest micro-batch (read by tests and benchmarks)."""
+        self.last_selected = selected
+
+    def add_ascent(self, kept: int, kept_loss: torch.Tensor, norm: float, perturbed_elements: int = 0) -> None:
+        """One ascent pass: rows kept, their mean loss, the ascent gradient's norm (unscaled), and the
+        weights its e moves (0: no e)."""
+        if perturbed_elements:
+            self.perturbed_elements = perturbed_elements
         self.steps += 1
         self.kept += kept
         self.kept_loss = self.kept_loss.to(kept_loss.device) + kept_loss.float()

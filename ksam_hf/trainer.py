@@ -27,7 +27,7 @@ from .per_example_loss import (TOKEN_LEVEL_HEADS, PerExampleLoss, head_kind, lab
                                mean_max_probability, per_example_loss_for)
 from .packing import is_packed, per_sequence_losses, repack, sequence_count, sequence_label_counts
 from .rows import select_rows, trim_padding
-from .perturbation import Perturbation
+from .perturbation import Perturbation, StepContext
 from .rules import PLAIN_STEP, StepRule, step_rule
 from .schedule import SamSchedule
 from .selection import Ranking, Selected, SelectionRule, adaptive_k, resolve_k, selection_rule
@@ -79,8 +79,7 @@ class SharpnessAwareStepMixin:
         self.watch_column = watch_column  # a batch column the model does not take, watched (see `_watch`)
         self.sam_statistics = StepStatistics(watch_column)
         self.selection = selection_rule(self.args.ksam_selection, self.args.ksam_uniform_mix)
-        self.rule: Optional[StepRule] = None if self.args.sam_mode == "none" else \
-            step_rule(self.args.sam_mode, self.selection)
+        self.rule: Optional[StepRule] = step_rule(self.args.sam_mode, self.selection)
         self.schedule = SamSchedule(self.args.sam_every_n_steps, self.args.sam_step_share,
                                     self.args.sam_start_fraction, self.args.seed)
         self._micro_batch = 0  # index of the micro-batch within the optimizer step
@@ -191,26 +190,31 @@ class SharpnessAwareStepMixin:
             with record_function("ksam/rank"):
                 ranked = self.rank_batch(model, inputs)
         selected = self._select(rule.rows, ranked, inputs)
-        if watched is not None and isinstance(selected, Selected):
-            self._watch(watched, selected, self._batch_size(inputs, ranked))
-        if selected is False:  # no example in this micro-batch has a label
+        if selected.empty:  # no example in this micro-batch has a label
             self.sam_statistics.add_step(perturbed=False)
             self._join_other_processes(model, inputs)
             self._finish_micro_batch(0.0)
             return self._logged_loss(ranked, None, torch.zeros(()))
-        batch_size = None if selected is None else self._batch_size(inputs, ranked)
         ascent_rows = descent_rows = inputs  # the whole batch
-        if selected is not None:
+        if not selected.whole_batch:
+            batch_size = self._batch_size(inputs, ranked)
+            if watched is not None:
+                self._watch(watched, selected, batch_size)
             ascent_rows = self._rows(inputs, selected.ascent, batch_size)
             descent_rows = ascent_rows if selected.descent is selected.ascent else \
                 self._rows(inputs, selected.descent, batch_size)
         with record_function("ksam/ascent"):
-            perturbation = rule.direction.perturbation(self, model, ascent_rows)
+            if rule.direction.needs_ascent:
+                perturbation = self._ascend(model, ascent_rows, whole_batch=selected.whole_batch)
+            else:
+                perturbation = rule.direction.perturbation(
+                    [p for p in model.parameters() if p.requires_grad],
+                    StepContext(self.optimizer, self.state.global_step, self.args.sam_rho, self.args.seed))
         # A step the schedule leaves plain, momentum's first step (no moment yet), a skipped ascent: unperturbed.
         self.sam_statistics.add_step(perturbed=perturbation.epsilon is not None)
         with self._perturbed(model, perturbation), record_function("ksam/descent"):
             descent_loss = self._descend(model, descent_rows, selected)
-        return self._logged_loss(ranked, perturbation if selected is None else None, descent_loss)
+        return self._logged_loss(ranked, perturbation if selected.whole_batch else None, descent_loss)
 
     @contextlib.contextmanager
     def _perturbed(self, model: nn.Module, perturbation: Perturbation):
@@ -270,21 +274,22 @@ class SharpnessAwareStepMixin:
         return self._single_label and not (torch.is_tensor(labels) and labels.dtype not in (torch.long, torch.int))
 
     def _select(self, rule: Optional[SelectionRule], ranked: Optional[RankedBatch],
-                inputs: dict[str, Any]) -> Union[Selected, None, bool]:
-        """Apply the selection rule: its `Selected`, None for the whole batch (no rule), False when no
-        example has a label. A rule without a ranking pass sees the label counts read from the inputs."""
+                inputs: dict[str, Any]) -> Selected:
+        """Apply the selection rule: the whole batch without one (no label count is read); an empty
+        `Selected` when no example has a label. A rule without a ranking pass sees the label counts
+        read from the inputs."""
         if rule is None:
-            return None
+            return Selected.everything()
         ranking = ranked.ranking if ranked is not None else self._unranked(inputs)
         labelled = int(ranking.labelled.sum())
         if labelled == 0:
-            self.sam_statistics.empty += 1
-            return False
+            self.sam_statistics.add_unlabelled()
+            return Selected.nothing()
         k = resolve_k(self.args.ksam_k, ranking.counts.numel())
         if self.args.ksam_loss_share is not None:
             k = adaptive_k(ranking, self.args.ksam_loss_share, floor=k)
         selected = rule.select(ranking, min(k, labelled), self._step_generator() if rule.seeded_by_step else None)
-        self.sam_statistics.last_selected = selected
+        self.sam_statistics.add_selection(selected)
         return selected
 
     def _watch(self, watched: Any, selected: Selected, batch_size: int) -> None:
@@ -350,11 +355,12 @@ class SharpnessAwareStepMixin:
             rows = trim_padding(rows, decoder_labels=self._head == "seq2seq_lm")
         return rows
 
-    def _ascend(self, model: nn.Module, rows: dict[str, Any]) -> Perturbation:
+    def _ascend(self, model: nn.Module, rows: dict[str, Any], whole_batch: bool = False) -> Perturbation:
         """The ascent gradient of the rows' mean loss, turned into e (not yet applied).
 
         Taken without gradient sync and beside `p.grad` (earlier accumulation micro-batches stay
-        untouched). A non-finite norm (fp16 overflow) or `rho=0` gives no e.
+        untouched). A non-finite norm (fp16 overflow) or `rho=0` gives no e. `whole_batch`: the rows
+        are the micro-batch (SAM), whose confidence this pass then measures.
         """
         params = [p for p in model.parameters() if p.requires_grad]
         loss_scale = self._loss_scale()  # read once: on CUDA each read is a host sync
@@ -365,7 +371,7 @@ class SharpnessAwareStepMixin:
             outputs, (sums, counts) = self._forward(model, rows)
             loss = sums.sum() / counts.sum()
             grads = ascent_gradient(loss * loss_scale, params)
-        if self.args.sam_mode == "sam" and self._is_single_label(rows):
+        if whole_batch and self._is_single_label(rows):
             self.sam_statistics.add_confidence(mean_max_probability(outputs, counts))
         del outputs
         if self.args.sam_sync_ascent and self.accelerator.num_processes > 1 and not sharded:
@@ -376,22 +382,22 @@ class SharpnessAwareStepMixin:
         moved = [p for p, g in zip(params, grads) if g is not None]
         grads = [g for g in grads if g is not None]
         norm = float(ascent_norm(grads, moved, self.args.sam_adaptive))
-        self.sam_statistics.add_ascent(counts.numel(), loss.detach(), norm / loss_scale)
         epsilon = None
         if math.isfinite(norm) and self.args.sam_rho > 0:
             epsilon = gradient_to_epsilon_(grads, moved, self.args.sam_rho, norm, self.args.sam_adaptive)
-            self.sam_statistics.perturbed_elements = sum(e.numel() for e in epsilon)
+        self.sam_statistics.add_ascent(counts.numel(), loss.detach(), norm / loss_scale,
+                                       sum(e.numel() for e in epsilon) if epsilon is not None else 0)
         return Perturbation(moved, epsilon, loss.detach(), (sums.detach(), counts.detach()))
 
-    def _descend(self, model: nn.Module, rows: dict[str, Any], selected: Optional[Selected]) -> torch.Tensor:
+    def _descend(self, model: nn.Module, rows: dict[str, Any], selected: Selected) -> torch.Tensor:
         """Backward of the descent loss (see `Selected`) into `p.grad`, as a running mean over the
         accumulated micro-batches' items. Returns the rows' mean loss (detached)."""
         _, (sums, counts) = self._forward(model, rows)
-        if selected is None or selected.descent_weights is None:
+        if selected.descent_weights is None:
             loss_sum = sums.sum()
         else:
             loss_sum = (sums * selected.descent_weights.to(sums.device)).sum()
-        items = float(counts.sum()) if selected is None or selected.descent_items is None else selected.descent_items
+        items = float(counts.sum()) if selected.descent_items is None else selected.descent_items
         previous = self._accumulated_items
         total = previous + items
         if previous > 0 and total > 0:

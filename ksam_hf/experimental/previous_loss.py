@@ -145,10 +145,10 @@ class PreviousLossKSAMTrainer(KSAMTrainer):
         self.loss_memory.update(ids, relative_losses(ranked.ranking.scores, ranked.ranking.labelled))
         return ranked
 
-    def _ascend(self, model: nn.Module, rows: dict[str, Any]) -> Perturbation:
+    def _ascend(self, model: nn.Module, rows: dict[str, Any], whole_batch: bool = False) -> Perturbation:
         """The ascent; after a batch ranked from memory, refresh the kept examples' scores and
         estimate the batch's loss from them."""
-        ascent = super()._ascend(model, rows)
+        ascent = super()._ascend(model, rows, whole_batch)
         if self._from_memory:
             ids = self._ids(rows)
             scores = self.loss_memory.lookup(ids)

@@ -179,7 +179,7 @@ def test_given_options():
 
 
 @pytest.mark.parametrize("extra, match", [
-    (["--optimizer", "lion"], "--optimizer 'lion' is unknown: use one of adamw, sgd, sam, ksam"),
+    (["--optimizer", "lion"], "--optimizer 'lion' is unknown: use one of adamw, sgd, ksam, sam"),
     (["--sam_mode", "ksam"], "--sam_mode ksam conflicts with --optimizer adamw.*--optimizer ksam"),
     (["--optimizer", "ksam", "--sam_mode", "none"], "--sam_mode none conflicts with --optimizer ksam"),
     (["--optimizer", "sgd", "--optim", "adamw_torch"], "--optim adamw_torch conflicts with --optimizer sgd"),

@@ -1,0 +1,51 @@
+"""GLUE tasks as the studies read them: their order in tables, the metric a run is scored by, and
+what a model that ignores its input reaches (the reference every summary prints beside a score)."""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Optional
+
+from glue_scripts.glue_data import glue_task, load_glue_tsv
+from glue_scripts.glue_metrics import input_blind_baseline
+
+TASK_ORDER = ("rte", "mrpc", "cola", "stsb", "sst2", "qnli", "mnli", "qqp", "wnli")
+"""The order of the tables' columns."""
+MAIN_METRIC = {"cola": "matthews_correlation", "stsb": "combined_score", "mrpc": "combined_score",
+               "qqp": "combined_score", "sst2": "accuracy", "mnli": "accuracy", "qnli": "accuracy",
+               "rte": "accuracy", "wnli": "accuracy"}
+
+
+UNIFORM_LOSS_TOLERANCE = 0.002
+"""A classifier's dev loss this close to ln(classes) is the 50/50 (uniform) predictor's."""
+
+
+def at_uniform_predictor(task: str, eval_loss: Optional[float]) -> bool:
+    """Whether a run ended at the loss of predicting every class equally for every input."""
+    spec = glue_task(task)
+    return (not spec.is_regression and eval_loss is not None
+            and abs(eval_loss - math.log(spec.num_labels)) < UNIFORM_LOSS_TOLERANCE)
+
+
+
+def input_blind_baselines(glue_dir: Optional[str], tasks: list[str],
+                          train: bool = False) -> dict[str, tuple[float, Optional[float]]]:
+    """Task -> (lowest loss, majority-class score) of a model that ignores its input, from the dev
+    labels under `glue_dir` (`train`: the training labels; tasks without the file are left out)."""
+    baselines = {}
+    for task in tasks if glue_dir else []:
+        try:
+            baselines[task] = task_input_blind_baseline(glue_dir, task, train)
+        except FileNotFoundError:
+            continue
+    return baselines
+
+
+@functools.lru_cache(maxsize=None)
+def task_input_blind_baseline(glue_dir: str, task: str, train: bool) -> tuple[float, Optional[float]]:
+    """One task's input-blind baseline, read once per process (the summary is rewritten after every run)."""
+    split = "train" if train else glue_task(task).eval_splits[0]
+    return input_blind_baseline(task, load_glue_tsv(glue_dir, task, [split])[split]["label"])
+
+
