@@ -13,6 +13,7 @@ has learnt something stay away from the uniform predictor?).
 
 from __future__ import annotations
 
+import argparse
 import math
 
 import torch
@@ -66,6 +67,7 @@ def train(noise: float, warm_epochs: int = 0, **sam) -> tuple[float, float]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # no options: --help says what it does
     methods = {"adamw": dict(sam_mode="none"),
                "top_k, rho 0": dict(sam_mode="ksam", ksam_selection="top_k", sam_rho=0.0),
                "top_k, rho 0.05": dict(sam_mode="ksam", ksam_selection="top_k", sam_rho=0.05),

@@ -128,7 +128,7 @@ class DataTrainingArguments:
                           "offline instead of the Hub (default: $GLUE_DIR)."})
     optimizer: str = field(
         default="adamw",
-        metadata={"help": "adamw or sgd (plain Trainer step); sam, ksam, momentum or random_direction "
+        metadata={"help": f"{' or '.join(PLAIN_OPTIMIZERS)} (plain Trainer step); {', '.join(PERTURBING_MODES)} "
                           "(KSAMTrainer step around the base optimizer of --optim, AdamW by default)."})
     train_sample: Optional[int] = field(
         default=None,

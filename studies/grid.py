@@ -287,8 +287,9 @@ def run_spec(argv: list[str]) -> None:
     in `<results_dir>/<name>` (or in the cell's own `results_dir`, where it names one). Arguments on the
     command line override the spec's (`--seeds 4 5`, `--plan_only`). Seeds run outermost, then cells:
     every cell has seed 1 before any has seed 2. Prints the plan (runs, the spec's `budget`) first.
-    Ends with the spec's `summary`, a module of `studies` and its arguments (default: the table over
-    the cells, `studies.summarize_cells <results_dir>`; an empty list: none)."""
+    Ends with the spec's `summary`, a module of `studies` and its arguments, `{results_dir}` and
+    `{glue_dir}` standing for the first cell's (default: the table over the cells,
+    `studies.summarize_cells <results_dir>`; an empty list: none)."""
     position = argv.index("--spec")
     path = Path(argv[position + 1])
     rest = argv[:position] + argv[position + 2:]
@@ -325,9 +326,10 @@ def run_spec(argv: list[str]) -> None:
             print(f"[grid] cell {name}, seed {seed}", flush=True)
             main(cell_argv + ["--seeds", str(seed)], progress)
     default = ["studies.summarize_cells", str(Path(first.results_dir).parent), "--baseline", first.baseline]
-    summary = spec.get("summary", default)
+    summary = [part.format(results_dir=first.results_dir, glue_dir=first.glue_dir or "")
+               for part in spec.get("summary", default)]
     if summary:
-        importlib.import_module(summary[0]).main(summary[1:])
+        importlib.import_module(summary[0]).main([part for part in summary[1:] if part])
 
 
 def main(argv: Optional[list[str]] = None, progress: Optional[Progress] = None) -> None:

@@ -1,16 +1,20 @@
-"""The table of `defaults_check.sh`: every K-SAM variant beside AdamW on the same command and seed.
+"""The defaults check's table (`studies/specs/defaults_check.json`): every SAM rule beside AdamW on
+the same command (task, batch) and seed.
 
 Usage: python -m studies.summarize_defaults docs/results/defaults [GLUE_DIR]
 (GLUE_DIR: the dev labels, for the input-blind reference of each task; the machine line is
 RESULTS/machine.txt where there is one, else this project's 2-core CPU)
 """
 
+from __future__ import annotations
+
 import argparse
-import json
 import math
 from pathlib import Path
 from typing import Optional
 
+from studies.methods import selects_rows
+from studies.rows import load_rows
 from studies.tasks import input_blind_baselines
 
 METRIC = {"mrpc": "eval_combined_score", "sst2": "eval_accuracy"}
@@ -18,29 +22,32 @@ SETTINGS = ("ksam_selection", "sam_rho", "ksam_k")
 
 
 def variant_settings(row: dict) -> dict[str, str]:
-    """A run's rule: its flags (where one repeats, the last wins, as argparse reads them) and, unless
-    they name another optimizer, the K-SAM settings its results recorded (those left at their
-    defaults included: a SAM run records K-SAM's defaults too, which it does not use)."""
-    flags = row.get("flags", "").split()
-    settings = {flag.removeprefix("--"): value for flag, value in zip(flags[::2], flags[1::2])}
-    if settings.get("optimizer", "ksam") == "ksam":
-        settings.update({name: str(row["results"][name]) for name in SETTINGS if name in row["results"]})
+    """A run's rule: its method's name and overrides and, for a rule that selects rows, the
+    selection, rho and k it ran with (those left at their defaults included)."""
+    name, *overrides = row["method"].split("@")
+    settings = {"optimizer": name, **dict(override.split("=", 1) for override in overrides)}
+    if selects_rows(name):
+        settings.update({key: str(row["settings"][key]) for key in SETTINGS if key in row["settings"]})
     return settings
 
 
+def command(row: dict) -> tuple[str, int, int]:
+    """The check's command a run belongs to: task, batch, seed."""
+    return row["task"], int(row["settings"]["per_device_train_batch_size"]), row["seed"]
+
+
 def table(rows: list[dict]) -> list[str]:
-    """Markdown lines: one row per (task, batch, seed, K-SAM variant), AdamW's row beside it."""
-    cells = {(r["task"], r["batch"], r["seed"], r["variant"]): r for r in rows}
-    lines = ["| task | batch | seed | variant | K-SAM settings | AdamW score | K-SAM score | K-SAM - AdamW | "
-             "AdamW eval_loss | K-SAM eval_loss | K-SAM median step / AdamW |", "|---" * 11 + "|"]
-    for (task, batch, seed, variant), row in sorted(cells.items()):
-        if variant == "adamw" or (task, batch, seed, "adamw") not in cells:
-            continue
-        a, k = cells[task, batch, seed, "adamw"]["results"], row["results"]
+    """Markdown lines: one row per (task, batch, seed, rule), AdamW's row beside it."""
+    adamw = {command(r): r for r in rows if r["method"] == "adamw"}
+    lines = ["| task | batch | seed | rule | settings | AdamW score | score | - AdamW | AdamW eval_loss | eval_loss | "
+             "median step / AdamW |", "|---" * 11 + "|"]
+    for row in sorted((r for r in rows if r["method"] != "adamw" and command(r) in adamw),
+                      key=lambda r: (*command(r), r["method"])):
+        (task, batch, seed), a, k = command(row), adamw[command(row)]["results"], row["results"]
         ran = variant_settings(row)
-        settings = ", ".join(f"{name}={k[name]}" for name in SETTINGS if name in k) if ran.get("optimizer", "ksam") == \
-            "ksam" else ", ".join(f"{name}={value}" for name, value in ran.items())
-        lines.append(f"| {task} | {batch} | {seed} | {variant} | {settings} | {100 * a[METRIC[task]]:.1f} | "
+        shown = ", ".join(f"{name}={ran[name]}" for name in SETTINGS if name in ran) if selects_rows(ran["optimizer"]) \
+            else ", ".join(f"{name}={value}" for name, value in ran.items())
+        lines.append(f"| {task} | {batch} | {seed} | `{row['method']}` | {shown} | {100 * a[METRIC[task]]:.1f} | "
                      f"{100 * k[METRIC[task]]:.1f} | {100 * (k[METRIC[task]] - a[METRIC[task]]):+.1f} | "
                      f"{a['eval_loss']:.3f} | {k['eval_loss']:.3f} | "
                      f"{k['train_median_step_time'] / a['train_median_step_time']:.2f} |")
@@ -62,15 +69,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("results_dir", type=Path, help="the defaults check's folder (its results.jsonl)")
     parser.add_argument("glue_dir", nargs="?", help="the GLUE TSVs, for the input-blind reference of each task")
     args = parser.parse_args(argv)
-    out, glue_dir = args.results_dir, args.glue_dir
-    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
-    lines = table(rows)
-    machine = (out / "machine.txt").read_text().strip() if (out / "machine.txt").exists() else \
-        "2 CPU cores (AVX-512), no GPU (docs/machines/2026-11-29-epyc.txt)"
-    (out / "results.md").write_text(
-        "`bash glue_scripts/defaults_check.sh`: run_glue.py's defaults plus `--optimizer`; the `ksam` variant "
-        "is the library's defaults with no other flag, the others the candidates the defaults were chosen "
-        f"from. ln 2 = {math.log(2):.3f}. {reference_line(glue_dir)}Machine: {machine}.\n\n" + "\n".join(lines) + "\n")
+    lines = table(load_rows(args.results_dir / "results.jsonl"))
+    machine = (args.results_dir / "machine.txt").read_text().strip() if (args.results_dir / "machine.txt").exists() \
+        else "2 CPU cores (AVX-512), no GPU (docs/machines/)"
+    (args.results_dir / "results.md").write_text(
+        "`python -m studies.grid --spec studies/specs/defaults_check.json`: run_glue.py's defaults plus `--optimizer` "
+        "and each rule's SAM fields; AdamW beside every rule on the same command and seed. "
+        f"ln 2 = {math.log(2):.3f}. {reference_line(args.glue_dir)}Machine: {machine}.\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

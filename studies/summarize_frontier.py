@@ -13,7 +13,8 @@ benchmark's paired ratio (a schedule that perturbs a share p of the steps costs 
 + (1 - p) x AdamW's); and, where a run watched it, the share of flipped labels among the examples
 its rule kept. Writes `frontier.md` (the table, the default, the held-out score of every run),
 `frontier.png` (gain against cost) and `frontier_curves.png`. With `--defaults_check`, a rule that
-ends more than 2 points behind AdamW on a command of `defaults_check.sh` (clean GLUE) is left out of
+ends more than 2 points behind AdamW on a command of the defaults check (clean GLUE,
+`studies/specs/defaults_check.json`) is left out of
 the default.
 
     python -m studies.summarize_frontier docs/results/frontier/sst2-n1000-noise30 --sam sam@sam_rho=0.1 \
@@ -34,7 +35,7 @@ from studies.methods import PLAIN_METHODS, normalized, short_name
 from studies.rows import load_rows
 from studies.stats import difference_cell, interval, kept_share
 from studies.summarize_cells import flat, mean, paired
-from studies.summarize_defaults import METRIC, variant_settings
+from studies.summarize_defaults import METRIC, command, variant_settings
 from studies.tasks import at_uniform_predictor
 
 CONTROL = "random_direction"
@@ -47,7 +48,7 @@ DEFAULT_COST_LIMIT = 1.1
 this many AdamW steps; otherwise, among the rules whose gain over AdamW is separated from 0, the best
 mean gain per extra AdamW step (a rule without a gain has no gain per cost, however cheap)."""
 DEFAULTS_TOLERANCE = 0.02
-"""The defaults check's bar (`defaults_check.sh`, clean GLUE at run_glue's defaults): a default ends
+"""The defaults check's bar (`studies/specs/defaults_check.json`, clean GLUE at run_glue's defaults): a default ends
 within this much of AdamW's score on every command it ran. A rule that falls further behind on one
 is not chosen, whatever it gains on the noisy cell."""
 
@@ -90,21 +91,20 @@ def benchmark_cost(settings: dict[str, str], ratios: dict[str, float]) -> Option
 def defaults_check_gaps(check_rows: list[dict], method: str, settings: dict[str, str]) -> list[float]:
     """Score - AdamW's (same task, batch and seed, in the same check) on each command of one defaults
     check that ran the rule of `method` (a frontier method whose run settings are `settings`): the
-    run's flags and recorded settings all agree with the frontier run's, and the method's own
-    settings with the run's."""
+    check's rule and the settings it ran with all agree with the frontier run's, and the method's
+    own settings with the check's run."""
     name, *overrides = method.split("@")
     wanted = {"optimizer": name, **dict(o.split("=", 1) for o in overrides)}
-    adamw = {(r["task"], r["batch"], r["seed"]): r for r in check_rows if r["variant"] == "adamw"}
+    adamw = {command(r): r for r in check_rows if r["method"] == "adamw"}
     gaps = []
     for r in check_rows:
-        command = (r["task"], r["batch"], r["seed"])
-        if r["variant"] == "adamw" or command not in adamw:
+        if r["method"] == "adamw" or command(r) not in adamw:
             continue
         ran = variant_settings(r)
         if all(k in ran and normalized(ran[k]) == normalized(v) for k, v in wanted.items()) and \
                 all(k in settings and normalized(str(settings[k])) == normalized(v) for k, v in ran.items()):
             metric = METRIC[r["task"]]
-            gaps.append(r["results"][metric] - adamw[command]["results"][metric])
+            gaps.append(r["results"][metric] - adamw[command(r)]["results"][metric])
     return gaps
 
 
@@ -380,7 +380,7 @@ def main(argv: Optional[list[str]] = None) -> tuple[list[RuleRow], Optional[str]
     parser.add_argument("--benchmarks", type=Path, nargs="*", default=[],
                         help="step_time JSON files; the first one's costs decide the default")
     parser.add_argument("--defaults_check", type=Path, nargs="*", default=[],
-                        help="folders of defaults_check.sh results (results.jsonl): a rule that falls more than "
+                        help="folders of defaults check results (results.jsonl): a rule that falls more than "
                              f"{100 * DEFAULTS_TOLERANCE:g} points behind AdamW on one of their commands is not the default")
     args = parser.parse_args(argv)
     rows = [flat(r) for r in load_rows(args.cell_dir / "results.jsonl")]

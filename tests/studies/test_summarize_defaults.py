@@ -7,10 +7,13 @@ import json
 from studies import summarize_defaults
 
 
-def row(task, batch, variant, score, loss, step, **settings):
+def row(task, batch, method, score, loss, step, **settings):
+    """A grid row of the defaults check (`settings`: the SAM fields it ran with, as the grid writes them)."""
     metric = summarize_defaults.METRIC[task]
-    return {"task": task, "batch": batch, "seed": 1, "variant": variant,
-            "results": {metric: score, "eval_loss": loss, "train_median_step_time": step, **settings}}
+    return {"task": task, "seed": 1, "method": method,
+            "settings": {"optimizer": method.split("@")[0], "per_device_train_batch_size": str(batch),
+                         **{k: str(v) for k, v in settings.items()}},
+            "results": {metric: score, "eval_loss": loss, "train_median_step_time": step}}
 
 
 def test_each_variant_beside_adamw_on_the_same_command(tmp_path):
@@ -18,16 +21,16 @@ def test_each_variant_beside_adamw_on_the_same_command(tmp_path):
             row("mrpc", 8, "ksam", 0.785, 0.693, 0.16, ksam_selection="top_k", sam_rho=0.05, ksam_k=0.25),
             row("mrpc", 32, "ksam", 0.70, 0.6, 0.5),                     # no AdamW row at batch 32: left out
             row("sst2", 8, "adamw", 0.90, 0.30, 0.10),
-            row("sst2", 8, "ls50", 0.915, 0.28, 0.13, ksam_selection="loss_sampled", sam_rho=0.01, ksam_k=0.5)]
+            row("sst2", 8, "ksam@ksam_k=0.5", 0.915, 0.28, 0.13, ksam_selection="loss_sampled", sam_rho=0.01, ksam_k=0.5)]
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     summarize_defaults.main([str(tmp_path)])
     lines = (tmp_path / "results.md").read_text().splitlines()
     body = [line for line in lines if line.startswith("| mrpc") or line.startswith("| sst2")]
     assert body == [
-        "| mrpc | 8 | 1 | ksam | ksam_selection=top_k, sam_rho=0.05, ksam_k=0.25 | 80.0 | 78.5 | -1.5 | 0.450 | 0.693 "
+        "| mrpc | 8 | 1 | `ksam` | ksam_selection=top_k, sam_rho=0.05, ksam_k=0.25 | 80.0 | 78.5 | -1.5 | 0.450 | 0.693 "
         "| 0.80 |",
-        "| sst2 | 8 | 1 | ls50 | ksam_selection=loss_sampled, sam_rho=0.01, ksam_k=0.5 | 90.0 | 91.5 | +1.5 | 0.300 "
-        "| 0.280 | 1.30 |",
+        "| sst2 | 8 | 1 | `ksam@ksam_k=0.5` | ksam_selection=loss_sampled, sam_rho=0.01, ksam_k=0.5 | 90.0 | 91.5 | +1.5 "
+        "| 0.300 | 0.280 | 1.30 |",
     ]
 
 
@@ -51,11 +54,10 @@ def test_the_machine_line_is_the_results_own_where_it_has_one(tmp_path):
     assert "Machine: one NVIDIA H200 (the device tool).\n" in (tmp_path / "results.md").read_text()
 
 
-def test_a_run_of_another_optimizer_shows_its_flags_not_the_k_sam_defaults_it_recorded(tmp_path):
-    sam = row("mrpc", 8, "sam2", 0.76, 0.6, 0.27, ksam_selection="top_k_ascent", sam_rho=0.2, ksam_k=0.25)
-    sam["flags"] = "--optimizer ksam --optimizer sam --sam_every_n_steps 2 --sam_rho 0.2"  # the last --optimizer wins
-    ksam = row("mrpc", 8, "ra4", 0.764, 0.58, 0.26, ksam_selection="random_ascent", sam_rho=0.15, ksam_k=0.25)
-    ksam["flags"] = "--optimizer ksam --ksam_selection random_ascent --sam_rho 0.15"  # ksam_k left at its default
+def test_a_run_of_another_optimizer_shows_its_method_not_the_k_sam_defaults_it_recorded(tmp_path):
+    sam = row("mrpc", 8, "sam@sam_every_n_steps=2@sam_rho=0.2", 0.76, 0.6, 0.27, sam_every_n_steps=2, sam_rho=0.2)
+    ksam = row("mrpc", 8, "ksam@ksam_selection=random_ascent@sam_rho=0.15", 0.764, 0.58, 0.26,
+               ksam_selection="random_ascent", sam_rho=0.15, ksam_k=0.25)  # ksam_k left at its default
     assert summarize_defaults.variant_settings(sam) == {"optimizer": "sam", "sam_every_n_steps": "2", "sam_rho": "0.2"}
     assert summarize_defaults.variant_settings(ksam) == {"optimizer": "ksam", "ksam_selection": "random_ascent",
                                                         "sam_rho": "0.15", "ksam_k": "0.25"}
@@ -63,5 +65,5 @@ def test_a_run_of_another_optimizer_shows_its_flags_not_the_k_sam_defaults_it_re
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     summarize_defaults.main([str(tmp_path)])
     text = (tmp_path / "results.md").read_text()
-    assert "| sam2 | optimizer=sam, sam_every_n_steps=2, sam_rho=0.2 | 80.0 | 76.0 | -4.0 |" in text
-    assert "| ra4 | ksam_selection=random_ascent, sam_rho=0.15, ksam_k=0.25 | 80.0 | 76.4 | -3.6 |" in text
+    assert "| optimizer=sam, sam_every_n_steps=2, sam_rho=0.2 | 80.0 | 76.0 | -4.0 |" in text
+    assert "| ksam_selection=random_ascent, sam_rho=0.15, ksam_k=0.25 | 80.0 | 76.4 | -3.6 |" in text

@@ -208,25 +208,29 @@ def test_the_per_seed_table_holds_each_run_and_leaves_a_seed_not_run_empty(summa
     assert cells[5] == f"{100 * statistics.mean(three):+.1f} [{100 * t_interval(three)[1]:+.1f}, {100 * t_interval(three)[2]:+.1f}]"
 
 
-def check_row(task: str, batch: int, variant: str, flags: str, score: float, **recorded) -> dict:
+def check_row(task: str, batch: int, method: str, score: float, **ran) -> dict:
+    """A grid row of the defaults check: `ran`, the SAM settings the run recorded (as the grid writes them)."""
     metric = {"mrpc": "eval_combined_score", "sst2": "eval_accuracy"}[task]
-    return {"task": task, "batch": batch, "seed": 1, "variant": variant, "flags": flags,
-            "results": {metric: score, **recorded}}
+    return {"task": task, "seed": 1, "method": method,
+            "settings": {"optimizer": method.split("@")[0], "per_device_train_batch_size": str(batch),
+                         **{k: str(v) for k, v in ran.items()}},
+            "results": {metric: score}}
 
 
 def test_the_defaults_check_leaves_out_a_rule_behind_adamw_on_clean_glue(tmp_path):
     write_cell(tmp_path)
     cpu, gpu = tmp_path / "cpu", tmp_path / "gpu"
     cpu.mkdir(), gpu.mkdir()
-    random_flags = "--optimizer ksam --ksam_selection random_ascent --ksam_k 0.125 --sam_rho 0.1"
-    cpu_rows = [check_row("mrpc", 8, "adamw", "--optimizer adamw", 0.80),
-                check_row("mrpc", 8, "ra8", random_flags, 0.77),  # 3 points behind: out
-                check_row("mrpc", 8, "ra8-rho2", random_flags.replace("rho 0.1", "rho 0.2"), 0.50),  # another radius
-                check_row("mrpc", 8, "ra8-mix", random_flags + " --ksam_uniform_mix 0.9", 0.30),  # a flag it lacks
-                check_row("mrpc", 8, "sam", "--optimizer ksam --optimizer sam --sam_rho 0.1", 0.40)]  # plain SAM, not LATE
-    gpu_rows = [check_row("sst2", 32, "adamw", "--optimizer adamw", 0.90),
-                check_row("sst2", 32, "ra8", random_flags, 0.905, ksam_k=0.125, sam_rho=0.1),
-                check_row("mrpc", 8, "ra8", random_flags, 0.79)]  # no AdamW of this command in this check: unpaired
+    random_rule = "ksam@ksam_selection=random_ascent@ksam_k=0.125@sam_rho=0.1"
+    ran = dict(ksam_selection="random_ascent", ksam_k=0.125, sam_rho=0.1)
+    cpu_rows = [check_row("mrpc", 8, "adamw", 0.80),
+                check_row("mrpc", 8, random_rule, 0.77, **ran),  # 3 points behind: out
+                check_row("mrpc", 8, random_rule.replace("rho=0.1", "rho=0.2"), 0.50, **{**ran, "sam_rho": 0.2}),  # another radius
+                check_row("mrpc", 8, random_rule + "@ksam_uniform_mix=0.9", 0.30, **ran),  # a setting it lacks
+                check_row("mrpc", 8, "sam@sam_rho=0.1", 0.40, sam_rho=0.1)]  # plain SAM, not LATE
+    gpu_rows = [check_row("sst2", 32, "adamw", 0.90),
+                check_row("sst2", 32, "ksam@ksam_selection=random_ascent", 0.905, **ran),  # k and rho as it recorded them
+                check_row("mrpc", 8, random_rule, 0.79, **ran)]  # no AdamW of this command in this check: unpaired
     cpu.joinpath("results.jsonl").write_text("\n".join(json.dumps(r) for r in cpu_rows) + "\n")
     gpu.joinpath("results.jsonl").write_text("\n".join(json.dumps(r) for r in gpu_rows) + "\n")
     rows = [summarize_frontier.flat(r) for r in summarize_frontier.load_rows(tmp_path / "results.jsonl")]
