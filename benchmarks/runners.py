@@ -56,6 +56,12 @@ CHEAP_RULES: dict[str, tuple[str, Optional[float], dict[str, Any]]] = {
     "sam_every_2": ("sam", None, {"sam_every_n_steps": 2}),
 }
 """The field's cheap SAMs: name -> (sam_mode, ksam_k, other KSAMConfig fields)."""
+
+
+def group_methods(sizes: list[int]) -> list["Method"]:
+    """m-SAM (`sam_group_size` m): SAM with one perturbation per group of m examples."""
+    return [Method(f"sam_m{m}", "sam", None, f"m{m}", {"sam_group_size": m}) for m in sizes]
+
 ID_COLUMN = "idx"
 
 
@@ -174,7 +180,8 @@ class BoundRunner:
 
     AdamW, momentum, random_direction: forward + backward over the batch (the perturbation's vector
     maths is what the library adds). SAM: two forward + backward over the batch (the first with
-    `torch.autograd.grad`); with `sam_every_n_steps` = n, only every n-th step, the others one.
+    `torch.autograd.grad`); with `sam_every_n_steps` = n, only every n-th step, the others one; with
+    `sam_group_size` m (m-SAM), the two passes over each group of m rows.
     K-SAM: a ranking (a forward without gradients over the batch, or a memory read; none for
     `random_ascent`), the selection rule, the kept rows cut with `ksam_hf.rows`, then SAM's two
     passes on them (with `top_k_ascent` and `random_ascent`, the descent on the whole batch). All:
@@ -188,6 +195,7 @@ class BoundRunner:
         args = method.trainer.args
         self.mode = args.sam_mode
         self.every_n_steps, self.steps = args.sam_every_n_steps, 0
+        self.group_size = args.sam_group_size
         if self.mode == "ksam":
             self.k, self.rank_in_train_mode = args.ksam_k, not args.ksam_rank_without_dropout
             self.rule = selection_rule(args.ksam_selection, args.ksam_uniform_mix)
@@ -227,9 +235,17 @@ class BoundRunner:
                 ascent_rows = self._rows(descent_rows, selected.ascent)
                 descent_rows = ascent_rows if selected.descent is selected.ascent else \
                     self._rows(descent_rows, selected.descent)
-            grads = torch.autograd.grad(self._loss(ascent_rows), self.params)
-            del grads
-            self._loss(descent_rows).backward()
+            if self.group_size is not None:  # m-SAM: SAM's two passes on every group, weighted by its rows
+                size = batch["labels"].shape[0]
+                for start in range(0, size, self.group_size):
+                    group = self._rows(descent_rows, torch.arange(start, min(start + self.group_size, size)))
+                    grads = torch.autograd.grad(self._loss(group), self.params)
+                    del grads
+                    (self._loss(group) * group["labels"].shape[0] / size).backward()
+            else:
+                grads = torch.autograd.grad(self._loss(ascent_rows), self.params)
+                del grads
+                self._loss(descent_rows).backward()
         torch.nn.utils.clip_grad_norm_(self.params, MAX_GRAD_NORM)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -60,7 +60,7 @@ from . import measure, report
 from .common import MIB, MINILM_PATH, MODEL_HELP, MODELS, REPO, Batch, build_model, collate, machine_info, \
     random_examples
 from .runners import CHEAP_RULES, KSAM_SELECTION, VARIANT_K, VARIANTS, Method, MethodRunner, TrainerSettings, build_runners, \
-    make_trainer, methods_to_time
+    group_methods, make_trainer, methods_to_time
 
 GLUE_BATCHES = {
     # --inputs: (train file, text columns, label column, label ids)
@@ -98,6 +98,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--cheap-rules", nargs="*", default=list(CHEAP_RULES), choices=list(CHEAP_RULES),
                    help="also time the field's cheap SAMs: random_ascent at k = 1/4 and 1/8 (no ranking pass), "
                         "momentum (Momentum-SAM), random_direction (the control), SAM on every 2nd step")
+    p.add_argument("--group-sizes", type=int, nargs="*", default=[],
+                   help="also time m-SAM (SAM with sam_group_size m: one perturbation per group of m examples) "
+                        "for each m, e.g. 1 4 8")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--rho", type=float, default=0.05)
@@ -116,6 +119,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         p.error("--steps must be >= 1 and --warmup >= 0")
+    if any(m < 1 for m in args.group_sizes):
+        p.error("--group-sizes are whole numbers of examples >= 1")
     if any(not 0 < k < 1 for k in args.ks + ([args.profile_k] if args.profile_k is not None else [])):
         p.error("--ks and --profile-k are fractions of the batch in (0, 1)")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -204,8 +209,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="ksam_bench_") as trainer_dir:
         settings = TrainerSettings(rho=args.rho, seed=args.seed, batch_size=args.batch_size,
                                    use_cpu=args.device == "cpu", output_dir=trainer_dir)
-        methods, bounds = build_runners(methods_to_time(args.ks, args.variants, tuple(args.cheap_rules)), base, device, settings, batches,
-                                        with_bounds=not args.no_bound)
+        timed = methods_to_time(args.ks, args.variants, tuple(args.cheap_rules)) + group_methods(args.group_sizes)
+        methods, bounds = build_runners(timed, base, device, settings, batches, with_bounds=not args.no_bound)
         del base
         runners = methods + bounds
         times, faults = measure.run_rounds(runners, batches, args.warmup, args.steps, device, log)

@@ -1,17 +1,21 @@
-"""Fine-tune a causal LM on chat data with TRL's SFT, LoRA adapters and K-SAM (`KSAMSFTTrainer`).
+"""Fine-tune a causal LM on chat data with TRL's SFT, LoRA adapters and a sharpness-aware step
+(`KSAMSFTTrainer`): Bi-LoRA (`--sam_mode bi_lora`: SAM for LoRA in one forward and backward), Flat-LoRA
+(`--sam_mode flat_lora`), or K-SAM (the default `ksam`).
 
-With the Hub (a real model and dataset):
+With the Hub (a real model and dataset), Bi-LoRA at the paper's radius and auxiliary rank:
 
     python examples/sft_lora_ksam.py --model_name_or_path HuggingFaceTB/SmolLM2-135M-Instruct \
-        --dataset_name trl-lib/Capybara --output_dir runs/smollm-ksam --packing True --bf16 True
+        --dataset_name trl-lib/Capybara --output_dir runs/smollm-bi-lora --packing True --bf16 True \
+        --sam_mode bi_lora --sam_rho 0.05 --bi_lora_rank 8
 
 Offline (what the repository's CI and this machine can run): a small randomly initialised Llama
 with the tokenizer of `--tokenizer_name` and a chat dataset of arithmetic questions generated here:
 
-    python examples/sft_lora_ksam.py --output_dir runs/sft-ksam --max_steps 40
+    python examples/sft_lora_ksam.py --output_dir runs/sft-bi-lora --max_steps 40 --sam_mode bi_lora --sam_rho 0.05
 
 Every `KSAMSFTConfig` field is a flag (`--sam_rho`, `--ksam_k`, `--packing`, `--assistant_only_loss`,
-...). With packing, K-SAM ranks and keeps the original conversations inside the packed rows.
+...). With packing, K-SAM ranks and keeps the original conversations inside the packed rows; the
+auxiliary adapter of Bi-LoRA is never in what `save_model` writes.
 """
 
 from __future__ import annotations

@@ -17,6 +17,11 @@ from transformers import EvalPrediction
 
 from .glue_data import glue_task
 
+MAIN_METRIC = {"cola": "matthews_correlation", "stsb": "combined_score", "mrpc": "combined_score",
+               "qqp": "combined_score", "sst2": "accuracy", "mnli": "accuracy", "qnli": "accuracy",
+               "rte": "accuracy", "wnli": "accuracy"}
+"""The metric a GLUE task is scored by (a run's score, the early-stopping criterion)."""
+
 
 def glue_metrics(task: Optional[str], predictions: np.ndarray, references: np.ndarray) -> dict[str, float]:
     """The task's metrics of `predictions` (class ids, or scores for STS-B) against `references`.

@@ -46,8 +46,9 @@ import torch
 import transformers
 from datasets import DatasetDict, load_dataset
 from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer,
-                          DataCollatorWithPadding, HfArgumentParser, PretrainedConfig, TrainerCallback,
-                          default_data_collator, set_seed)
+                          DataCollatorWithPadding, EvalPrediction, HfArgumentParser, PretrainedConfig,
+                          TrainerCallback, default_data_collator, set_seed)
+from transformers.trainer_utils import IntervalStrategy
 from transformers.training_args import OptimizerNames
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,12 +56,14 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
 from glue_scripts.glue_data import GLUE_TASKS, glue_task, load_glue_hub, load_glue_tsv  # noqa: E402
-from glue_scripts.glue_metrics import make_compute_metrics, predictions_from_logits  # noqa: E402
+from glue_scripts.glue_metrics import MAIN_METRIC, make_compute_metrics, predictions_from_logits  # noqa: E402
 from glue_scripts.training_split import (flip_labels, parse_row_range, seeded_sample,  # noqa: E402
-                                         split_rows, without_contained)
+                                         split_for_stopping, split_rows, without_contained)
 from glue_scripts.run_safety import (InputError, RunSettingsRecorder, input_errors, plain,  # noqa: E402
                                      prepare_output_dir, write_json_atomic)
 from ksam_hf import KSAMConfig, KSAMTrainer  # noqa: E402
+from ksam_hf.compression import (NOISE_DRAWS, NOISE_SIZES, PRUNE_SHARES, add_relative_noise_,  # noqa: E402
+                                 encoder_linears, prune_global_magnitude_, quantized_int8, saved_weights)
 from ksam_hf.config import validate_sam_fields  # noqa: E402
 from ksam_hf.rules import PERTURBING_MODES  # noqa: E402
 
@@ -147,6 +150,26 @@ class DataTrainingArguments:
         metadata={"help": "A:B: rows A to B-1 of the training file become a held-out test set that no run "
                           "trains on (rows whose text a trainable row contains are dropped); evaluated after "
                           "training with --do_eval, as `heldout_*` metrics."})
+    early_stopping_split: Optional[float] = field(
+        default=None,
+        metadata={"help": "Hold out this share (below 1) or count of the training rows, drawn at random (seeded by "
+                          "--seed), their labels noised at --label_noise's rate as the training rows' are; score it "
+                          "every --early_stopping_every epochs and keep the best model by it: the dev and held-out "
+                          "scores are the best model's, `last_*` the last one's."})
+    early_stopping_every: float = field(
+        default=0.5, metadata={"help": "Epochs between two evaluations on the early-stopping split."})
+    eval_compressed: bool = field(
+        default=False,
+        metadata={"help": "Also score the held-out block (else the dev set) after dynamic int8 quantization, global "
+                          "magnitude pruning of the encoder's Linear weights (30, 50, 70 percent) and Gaussian weight noise of "
+                          "relative size 0.01/0.02/0.05 (mean of 5 seeded draws), each also as a drop."})
+    lora_r: Optional[int] = field(
+        default=None,
+        metadata={"help": "Train LoRA adapters of this rank (PEFT, `ksam-hf[trl]`) instead of the whole model; the "
+                          "classification head is trained whole. Needed by --optimizer bi_lora / flat_lora."})
+    lora_alpha: Optional[float] = field(default=None, metadata={"help": "LoRA's alpha (default: 2 x --lora_r)."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["query", "value"], metadata={"help": "The modules LoRA adapts (BERT: query value)."})
     save_weights: bool = field(
         default=True,
         metadata={"help": "Save the trained model in --output_dir (False: only logs, metrics and the trainer "
@@ -185,6 +208,14 @@ class DataTrainingArguments:
                              "of the training labels.")
         if self.test_split_rows is not None:
             parse_row_range(self.test_split_rows)
+        if self.lora_r is not None and self.lora_r < 1:
+            raise ValueError(f"--lora_r {self.lora_r}: give a rank >= 1 (e.g. 8), or leave it out to train the whole model.")
+        if self.early_stopping_split is not None and not self.early_stopping_split > 0:
+            raise ValueError(f"--early_stopping_split {self.early_stopping_split}: give a share in (0, 1) or a count "
+                             ">= 1 of the training rows (e.g. 0.2).")
+        if not self.early_stopping_every > 0:
+            raise ValueError(f"--early_stopping_every {self.early_stopping_every}: give a positive number of epochs "
+                             "(e.g. 0.5).")
 
 
 class StepTimer(TrainerCallback):
@@ -218,6 +249,71 @@ class StepTimer(TrainerCallback):
     def mean(self) -> float:
         """The mean: a SAM schedule's cost (its median is that of its plain or its perturbed steps)."""
         return statistics.fmean(self.durations) if self.durations else math.nan
+
+
+class BestWeights(TrainerCallback):
+    """A CPU copy of the model's weights at its best score on the early-stopping split (`key`, higher
+    or lower is better), with the step and epoch it was reached at: early stopping without a
+    checkpoint on disk."""
+
+    def __init__(self, key: str, higher: bool) -> None:
+        self.key, self.higher = key, higher
+        self.score: Optional[float] = None
+        self.step, self.epoch = 0, 0.0
+        self.weights: Optional[dict[str, torch.Tensor]] = None
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        score = (metrics or {}).get(self.key)
+        if score is None or model is None:
+            return
+        if self.score is None or (score > self.score if self.higher else score < self.score):
+            self.score, self.step, self.epoch = score, state.global_step, state.epoch
+            self.weights = {name: value.detach().to("cpu", copy=True) for name, value in model.state_dict().items()}
+
+    def results(self) -> dict[str, Any]:
+        return {"early_stopping_metric": self.key, "early_stopping_best_score": self.score,
+                "early_stopping_best_step": self.step, "early_stopping_best_epoch": self.epoch}
+
+
+def compressed_scores(trainer: KSAMTrainer, dataset: datasets.Dataset, split: str, seed: int,
+                      base: dict[str, float]) -> dict[str, float]:
+    """The split's metrics after each compression of the trained model (`ksam_hf.compression`), as
+    `{split}_{variant}_{metric}`, and the drop from the model's own score (`base`), as
+    `{split}_{variant}_drop_{metric}`. The model's weights are unchanged afterwards."""
+    model = trainer.model
+    loader = trainer.get_eval_dataloader(dataset)
+
+    def metrics_of(evaluated: torch.nn.Module) -> dict[str, float]:
+        device = next(evaluated.parameters(), torch.empty(0)).device
+        logits, labels = [], []
+        evaluated.eval()
+        with torch.no_grad():
+            for batch in loader:
+                batch = {k: v.to(device) for k, v in batch.items()}
+                labels.append(batch.pop("labels").cpu())
+                logits.append(evaluated(**batch).logits.float().cpu())
+        return trainer.compute_metrics(EvalPrediction(torch.cat(logits).numpy(), torch.cat(labels).numpy()))
+
+    variants = {"int8": metrics_of(quantized_int8(model))}
+    layers = encoder_linears(model)
+    for share in PRUNE_SHARES:
+        with saved_weights(layers):
+            prune_global_magnitude_(layers, share)
+            variants[f"prune{round(100 * share)}"] = metrics_of(model)
+    for size in NOISE_SIZES:
+        draws = []
+        for draw in range(NOISE_DRAWS):
+            with saved_weights(layers):
+                add_relative_noise_(layers, size, seed=seed * 1000 + draw)
+                draws.append(metrics_of(model))
+        variants[f"noise{size:g}"] = {name: float(np.mean([d[name] for d in draws])) for name in draws[0]}
+    results = {}
+    for variant, metrics in variants.items():
+        for name, value in metrics.items():
+            results[f"{split}_{variant}_{name}"] = value
+            if f"{split}_{name}" in base:
+                results[f"{split}_{variant}_drop_{name}"] = base[f"{split}_{name}"] - value
+    return results
 
 
 def given_options(argv: Sequence[str]) -> set[str]:
@@ -350,6 +446,12 @@ def run_settings(model_args: ModelArguments, data_args: DataTrainingArguments,
         settings["label_noise_seed"] = training_seed(data_args.label_noise_seed, training_args)
     if data_args.test_split_rows is not None:
         settings["test_split_rows"] = data_args.test_split_rows
+    if data_args.lora_r is not None:
+        settings.update(lora_r=data_args.lora_r, lora_alpha=data_args.lora_alpha,
+                        lora_target_modules=data_args.lora_target_modules)
+    if data_args.early_stopping_split is not None:
+        settings.update(early_stopping_split=data_args.early_stopping_split,
+                        early_stopping_every=data_args.early_stopping_every)
     return {name: plain(value) for name, value in settings.items()}
 
 
@@ -379,13 +481,19 @@ def shape_training_split(raw: DatasetDict, data_args: DataTrainingArguments, tra
         raw["train"] = seeded_sample(raw["train"], data_args.train_sample,
                                      training_seed(data_args.train_sample_seed, training_args))
     raw["train"] = first(raw["train"], data_args.max_train_samples)  # the noise is a share of what is trained on
+    if data_args.early_stopping_split is not None:
+        raw["train"], raw["stop"] = split_for_stopping(raw["train"], data_args.early_stopping_split, training_args.seed)
+        record["early_stopping_rows"] = len(raw["stop"])
     if data_args.label_noise:
         if classes is None:
             raise InputError(f"--label_noise {data_args.label_noise}: this task is a regression (scores, not "
                              "classes); label noise needs a classification task: drop --label_noise.")
-        raw["train"], flipped = flip_labels(raw["train"], data_args.label_noise,
-                                            training_seed(data_args.label_noise_seed, training_args), classes)
+        seed = training_seed(data_args.label_noise_seed, training_args)
+        raw["train"], flipped = flip_labels(raw["train"], data_args.label_noise, seed, classes)
         record["label_noise_flipped"] = len(flipped)
+        if "stop" in raw:  # the user's own validation rows are as noisy as the rows they train on
+            raw["stop"], stop_flipped = flip_labels(raw["stop"], data_args.label_noise, seed + 1, classes)
+            record["early_stopping_flipped"] = len(stop_flipped)
         marked = set(flipped)
         raw["train"] = raw["train"].add_column(FLIPPED_COLUMN, [int(i in marked) for i in range(len(raw["train"]))])
     if "heldout" in raw:  # against the rows this run trains on
@@ -497,6 +605,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 raise InputError(f"{option}: the {split_kind} split is empty: "
                                  f"{split_source(name, data_args, task)} has no rows.")
             wanted[name] = first(raw_datasets[name], count)
+    if training_args.do_train and "stop" in raw_datasets:
+        wanted["stop"] = raw_datasets["stop"]
     if training_args.do_eval and "heldout" in raw_datasets:
         if len(raw_datasets["heldout"]) == 0:
             raise InputError(f"--test_split_rows {data_args.test_split_rows}: every held-out row sits inside a "
@@ -556,6 +666,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         model.config.label2id = {str(value): i for value, i in label_to_id.items()}
         model.config.id2label = {i: str(value) for value, i in label_to_id.items()}
 
+    if data_args.lora_r is not None:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=data_args.lora_r,
+                                                 lora_alpha=data_args.lora_alpha or 2 * data_args.lora_r,
+                                                 target_modules=data_args.lora_target_modules))
     padding = "max_length" if data_args.pad_to_max_length else False
 
     def preprocess(examples: dict[str, list]) -> dict[str, list]:
@@ -591,12 +707,23 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
     step_timer = StepTimer()
     watched = FLIPPED_COLUMN if train_dataset is not None and FLIPPED_COLUMN in train_dataset.column_names else None
+    callbacks: list[TrainerCallback] = [step_timer, RunSettingsRecorder(settings)]
+    eval_dataset = processed[eval_names[0]] if training_args.do_eval else None
+    best: Optional[BestWeights] = None
+    if "stop" in processed:  # early stopping: the stop split scored every --early_stopping_every epochs
+        criterion = MAIN_METRIC.get(data_args.task_name or "")
+        best = BestWeights(f"eval_stop_{criterion or 'loss'}", higher=criterion is not None)
+        callbacks.append(best)
+        eval_dataset = {"stop": processed["stop"]}
+        batches = math.ceil(len(train_dataset) / (training_args.train_batch_size * training_args.world_size))
+        steps_per_epoch = max(1, batches // training_args.gradient_accumulation_steps)
+        training_args.eval_strategy = IntervalStrategy.STEPS
+        training_args.eval_steps = max(1, round(steps_per_epoch * data_args.early_stopping_every))
     trainer = KSAMTrainer(
         model=model, args=training_args, train_dataset=train_dataset, watch_column=watched,
-        eval_dataset=processed[eval_names[0]] if training_args.do_eval else None,
+        eval_dataset=eval_dataset,
         compute_metrics=make_compute_metrics(data_args.task_name, is_regression, model_to_task),
-        processing_class=tokenizer, data_collator=data_collator,
-        callbacks=[step_timer, RunSettingsRecorder(settings)])
+        processing_class=tokenizer, data_collator=data_collator, callbacks=callbacks)
 
     if training_args.do_train:
         train_result = trainer.train(resume_from_checkpoint=resume.checkpoint)
@@ -611,27 +738,43 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         if resume.finished:  # 0 steps ran: its train_loss (0.0) is no loss of this model
             metrics.pop("train_loss", None)
             logger.warning(f"Nothing trained: {resume.checkpoint} had finished its {train_result.global_step} steps.")
+        if best is not None:  # the last model is a candidate too
+            trainer.evaluate(eval_dataset=processed["stop"], metric_key_prefix="eval_stop")
+            metrics.update(best.results())
         if data_args.save_weights:
-            trainer.save_model()  # the tokenizer too
+            trainer.save_model()  # the tokenizer too (the last model; the scores below are the best one's)
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
         trainer.save_state()
 
     if training_args.do_eval:
         logger.info("*** Evaluate ***")
+
+        def evaluate_all(prefix: str = "") -> dict[str, float]:
+            combined: dict[str, float] = {}
+            for name in eval_names:  # MNLI: matched, then mismatched (keys suffixed `_mm`)
+                metrics = trainer.evaluate(eval_dataset=processed[name], metric_key_prefix=f"{prefix}eval")
+                metrics[f"{prefix}eval_samples"] = len(processed[name])
+                if name == "validation_mismatched":
+                    metrics = {f"{key}_mm": value for key, value in metrics.items()}
+                combined.update(metrics)
+                trainer.log_metrics("eval", metrics)
+            if "heldout" in processed:  # the training file's held-out block (--test_split_rows)
+                metrics = trainer.evaluate(eval_dataset=processed["heldout"], metric_key_prefix=f"{prefix}heldout")
+                metrics[f"{prefix}heldout_samples"] = len(processed["heldout"])
+                combined.update(metrics)
+                trainer.log_metrics("heldout", metrics)
+            return combined
+
         combined: dict[str, float] = {}
-        for name in eval_names:  # MNLI: matched, then mismatched (keys suffixed `_mm`)
-            metrics = trainer.evaluate(eval_dataset=processed[name])
-            metrics["eval_samples"] = len(processed[name])
-            if name == "validation_mismatched":
-                metrics = {f"{key}_mm": value for key, value in metrics.items()}
-            combined.update(metrics)
-            trainer.log_metrics("eval", metrics)
-        if "heldout" in processed:  # the training file's held-out block (--test_split_rows)
-            metrics = trainer.evaluate(eval_dataset=processed["heldout"], metric_key_prefix="heldout")
-            metrics["heldout_samples"] = len(processed["heldout"])
-            combined.update(metrics)
-            trainer.log_metrics("heldout", metrics)
+        if best is not None and best.weights is not None:  # the last model, then the best one
+            combined.update(evaluate_all("last_"))
+            trainer.model.load_state_dict(best.weights)
+        combined.update(evaluate_all())
+        if data_args.eval_compressed:
+            split = "heldout" if "heldout" in processed else "eval"
+            combined.update(compressed_scores(trainer, processed["heldout" if split == "heldout" else eval_names[0]],
+                                              split, training_args.seed, combined))
         trainer.save_metrics("eval", combined)
 
     if training_args.do_predict:

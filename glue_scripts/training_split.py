@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 from datasets import Dataset
 
+from .run_safety import InputError
+
 
 def parse_row_range(text: str) -> range:
     """`"62349:67349"` -> `range(62349, 67349)`: rows A (included) to B (excluded), counted from 0."""
@@ -79,3 +81,15 @@ def flip_labels(train: Dataset, share: float, seed: int, classes: list) -> tuple
         labels[position] = classes[(classes.index(labels[position]) + step) % len(classes)]
     columns = {**train.to_dict(), "label": labels}
     return Dataset.from_dict(columns, features=train.features), flipped
+
+
+def split_for_stopping(train: Dataset, size: float, seed: int) -> tuple[Dataset, Dataset]:
+    """(the rows left to train on, the early-stopping split): `size` below 1 a share of the rows
+    (rounded), 1 and above a count, drawn without replacement (seeded), both in the file's order."""
+    count = round(size * len(train)) if size < 1 else int(size)
+    if not 1 <= count < len(train):
+        raise InputError(f"--early_stopping_split {size:g} holds out {count} of the {len(train)} training rows: give "
+                         "a share in (0, 1) or a count that leaves rows to train on (e.g. 0.2).")
+    chosen = np.sort(np.random.Generator(np.random.PCG64(seed)).choice(len(train), size=count, replace=False))
+    rest = np.setdiff1d(np.arange(len(train)), chosen)
+    return train.select(rest), train.select(chosen)

@@ -88,6 +88,19 @@ class KSAMConfig(TrainingArguments):
             Scheduled SAM: perturb each optimizer step with this probability, in (0, 1] (RST, Zhao
             et al. 2022), drawn from `seed` and the step's number: the same on every process and
             micro-batch, and after a resume.
+        sam_group_size (`int`, *optional*):
+            m-sharpness (Foret et al. 2021's m; Andriushchenko and Flammarion 2022): the micro-batch
+            cut into groups of m consecutive examples, each with its own ascent, perturbation and
+            descent at its own w + e (a selection rule picks its rows within each group); the
+            descents combine exactly as the micro-batches of one accumulated batch would, so SAM
+            with groups of m is SAM with micro-batches of m and B / m times the accumulation. Costs
+            B / m smaller passes instead of one. For the modes with an ascent (`sam`, `ksam`).
+            Unset: one perturbation per micro-batch.
+        bi_lora_rank (`int`, *optional*, defaults to `8`):
+            `sam_mode="bi_lora"`: the rank of the auxiliary adapter (the paper's 8).
+        bi_lora_learning_rate (`float`, *optional*):
+            `sam_mode="bi_lora"`: the auxiliary adapter's ascent learning rate, following the main
+            schedule (default: `learning_rate`, as the paper).
         sam_start_fraction (`float`, *optional*, defaults to `0.0`):
             Scheduled SAM: plain steps until this fraction of the run's optimizer steps, in [0, 1),
             then SAM (late-phase SAM, Zhou et al., ICLR 2025). The three schedules combine: a step is
@@ -139,6 +152,13 @@ class KSAMConfig(TrainingArguments):
         default=1.0, metadata={"help": "Scheduled SAM: perturb a seeded random share of the optimizer steps, (0, 1]."})
     sam_start_fraction: float = field(
         default=0.0, metadata={"help": "Scheduled SAM: plain steps until this fraction of training, [0, 1)."})
+    bi_lora_rank: int = field(default=8, metadata={"help": "bi_lora: rank of the auxiliary adapter (>= 1)."})
+    bi_lora_learning_rate: Optional[float] = field(
+        default=None, metadata={"help": "bi_lora: the auxiliary adapter's ascent learning rate (default: learning_rate)."})
+    sam_group_size: Optional[int] = field(
+        default=None,
+        metadata={"help": "m-sharpness: one perturbation per group of m examples of the micro-batch (unset: one "
+                          "per micro-batch); sam and ksam only."})
 
     def __post_init__(self) -> None:
         validate_sam_fields(self)
@@ -240,3 +260,24 @@ def validate_sam_fields(args: KSAMConfig) -> None:
         raise ValueError(f"`sam_start_fraction`={args.sam_start_fraction!r} must be in [0, 1) (e.g. 0.7 for SAM on "
                          "the last 30 % of the steps); at 1 no step would be perturbed.")
     args.sam_start_fraction = start
+    if STEP_MODES[args.sam_mode].lora:
+        if args.sam_rho <= 0:
+            raise ValueError(f"`sam_rho`={args.sam_rho!r} must be > 0 for sam_mode={args.sam_mode!r}: it is "
+                             + ("the auxiliary adapter's radius (the paper's 0.05)." if args.sam_mode == "bi_lora" else
+                                "the noise's sigma (the paper's 0.05)."))
+    rank = args.bi_lora_rank
+    if isinstance(rank, bool) or not str(rank).strip().isdigit() or int(rank) < 1:
+        raise ValueError(f"`bi_lora_rank`={rank!r} must be a whole number >= 1 (the paper's 8).")
+    args.bi_lora_rank = int(rank)
+    if args.bi_lora_learning_rate is not None and not float(args.bi_lora_learning_rate) > 0:
+        raise ValueError(f"`bi_lora_learning_rate`={args.bi_lora_learning_rate!r} must be > 0, or unset for learning_rate.")
+    group = args.sam_group_size
+    if group is not None:
+        if isinstance(group, bool) or not str(group).strip().isdigit() or int(group) < 1:
+            raise ValueError(f"`sam_group_size`={group!r} must be a whole number >= 1 (e.g. 4: one perturbation per "
+                             "4 examples), or unset for one per micro-batch.")
+        args.sam_group_size = int(group)
+        direction = STEP_MODES[args.sam_mode].direction
+        if direction is None or not direction.needs_ascent:
+            raise ValueError(f"`sam_group_size` needs a mode whose perturbation comes from an ascent (sam or ksam); "
+                             f"sam_mode={args.sam_mode!r} has none to split into groups. Drop sam_group_size.")

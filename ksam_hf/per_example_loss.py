@@ -55,6 +55,9 @@ def head_kind(model: torch.nn.Module) -> Optional[str]:
         for kind, (_, suffixes) in _HEADS.items():
             if cls.__name__.endswith(suffixes):
                 return kind
+    base = getattr(model, "get_base_model", None)  # a PEFT wrapper made without task_type: its model's head
+    if callable(base) and base() is not model:
+        return head_kind(base())
     return None
 
 

@@ -31,16 +31,18 @@ class StepRule:
 @dataclass(frozen=True)
 class StepMode:
     """One `sam_mode`: its one-line description, where its e comes from (None: the stock Trainer
-    step) and whether `ksam_selection` picks its rows."""
+    step), whether `ksam_selection` picks its rows, and whether it is a LoRA method (`lora`: the
+    stock step with the hooks of `ksam_hf.lora_sam`, on a PEFT LoRA model)."""
 
     name: str
     help: str
     direction: Optional[type[Direction]]
     selects_rows: bool = False
+    lora: bool = False
 
     @property
     def perturbs(self) -> bool:
-        return self.direction is not None
+        return self.direction is not None or self.lora
 
     def rule(self, selection: SelectionRule) -> Optional[StepRule]:
         """The mode's rule (`selection`: K-SAM's, from `ksam_selection`); None for the stock step."""
@@ -55,6 +57,10 @@ STEP_MODES: dict[str, StepMode] = {mode.name: mode for mode in (
     StepMode("momentum", "Momentum-SAM: the perturbation along the optimizer's first moment, no ascent pass",
              OptimizerMomentum),
     StepMode("random_direction", "a seeded random perturbation of radius rho: the control", RandomDirection),
+    StepMode("bi_lora", "Bi-LoRA: an auxiliary LoRA adapter ascends while the main one descends, one pass (LoRA only)",
+             None, lora=True),
+    StepMode("flat_lora", "Flat-LoRA: seeded Gaussian noise on the merged LoRA weights, one pass (LoRA only)",
+             None, lora=True),
     StepMode("none", "the plain Trainer step (the baseline)", None),
 )}
 """`sam_mode` -> `StepMode`, in the order the options list them."""

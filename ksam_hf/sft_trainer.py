@@ -26,7 +26,7 @@ class KSAMSFTTrainer(SharpnessAwareStepMixin, SFTTrainer):
 
     def _check_sam_setup(self) -> None:
         super()._check_sam_setup()
-        if self.args.sam_mode != "none" and self.args.loss_type != "nll":
+        if self.rule is not None and self.args.loss_type != "nll":  # the LoRA modes train on SFT's own loss
             raise ValueError(
                 f"`loss_type`={self.args.loss_type!r} with `sam_mode`={self.args.sam_mode!r}: SAM and K-SAM train on "
                 "the token cross-entropy. Use loss_type='nll' (the default), or sam_mode='none'.")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -19,7 +20,8 @@ import torch
 from torch import nn
 from torch.distributed.fsdp import FSDPModule
 from torch.profiler import record_function
-from transformers import Seq2SeqTrainer, Trainer, TrainingArguments
+from transformers import Seq2SeqTrainer, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .checks import check_finite_weights, check_model_loss, check_per_example_losses, own_and_standard_loss
 from .config import KSAMConfig, KSAMSeq2SeqConfig
@@ -28,7 +30,8 @@ from .per_example_loss import (TOKEN_LEVEL_HEADS, PerExampleLoss, head_kind, lab
 from .packing import is_packed, per_sequence_losses, repack, sequence_count, sequence_label_counts
 from .rows import select_rows, trim_padding
 from .perturbation import Perturbation, StepContext
-from .rules import PLAIN_STEP, StepRule, step_rule
+from .lora_sam import CHECKPOINT_FILE, BiLoRA, FlatLoRA, LoraSam, lora_layers
+from .rules import PLAIN_STEP, STEP_MODES, StepRule, step_rule
 from .schedule import SamSchedule
 from .selection import Ranking, Selected, SelectionRule, adaptive_k, resolve_k, selection_rule
 from .sharpness import ascent_gradient, ascent_norm, gradient_to_epsilon_, weights_at_w_plus_e
@@ -83,7 +86,9 @@ class SharpnessAwareStepMixin:
         self.schedule = SamSchedule(self.args.sam_every_n_steps, self.args.sam_step_share,
                                     self.args.sam_start_fraction, self.args.seed)
         self._micro_batch = 0  # index of the micro-batch within the optimizer step
+        self._group: Optional[int] = None  # m-SAM: index of the group within the micro-batch
         self._check_sam_setup()
+        self.lora_sam: Optional[LoraSam] = self._lora_sam() if STEP_MODES[self.args.sam_mode].lora else None
         if self.model is not None:
             self._setup_head(self.model)
 
@@ -98,10 +103,24 @@ class SharpnessAwareStepMixin:
             return args
         return cls.config_class.from_training_arguments(args)
 
+    def _lora_sam(self) -> LoraSam:
+        """Bi-LoRA's auxiliary adapter or Flat-LoRA's noise, hooked onto the model's LoRA layers."""
+        layers = lora_layers(self.model, self.args.sam_mode)
+        if self.args.sam_mode == "flat_lora":
+            return FlatLoRA(layers, sigma=self.args.sam_rho, seed=self.args.seed)
+        lr = self.args.bi_lora_learning_rate or self.args.learning_rate
+        adapter = BiLoRA(layers, self.args.bi_lora_rank, self.args.sam_rho, lr, self.args.seed,
+                         betas=(self.args.adam_beta1, self.args.adam_beta2), eps=self.args.adam_epsilon)
+        self.add_callback(_AuxiliaryAscent(self))
+        return adapter
+
     def _check_sam_setup(self) -> None:
         if self.args.sam_mode == "none":
             return
-        if self.compute_loss_func is not None:
+        if STEP_MODES[self.args.sam_mode].lora and (self.is_deepspeed_enabled or self.is_fsdp_enabled):
+            raise ValueError(f"`sam_mode`={self.args.sam_mode!r} does not support DeepSpeed or FSDP yet: train the LoRA "
+                             "model with DDP (accelerate launch / torchrun), or use sam_mode='sam'.")
+        if self.compute_loss_func is not None and self.rule is not None:
             raise ValueError(
                 "`compute_loss_func` cannot be combined with `sam_mode`="
                 f"{self.args.sam_mode!r}: it returns a loss already reduced over the batch, and K-SAM needs "
@@ -140,7 +159,7 @@ class SharpnessAwareStepMixin:
             # These heads reduce their loss over their own micro-batch and ignore
             # `num_items_in_batch`, so the Trainer must divide by the accumulation steps.
             self.model_accepts_loss_kwargs = False
-        if self.args.sam_mode == "none" or self.per_example_loss_func is not None:
+        if self.rule is None or self.per_example_loss_func is not None:  # the stock step needs no per-example loss
             return
         if self._head is None:
             raise ValueError(
@@ -174,8 +193,13 @@ class SharpnessAwareStepMixin:
         the accumulated size. Returns the whole micro-batch's loss, scaled for logging as the
         Trainer scales its own.
         """
-        if self.args.sam_mode == "none":
-            return super().training_step(model, inputs, num_items_in_batch)
+        if self.rule is None:  # the stock step; Bi-LoRA's and Flat-LoRA's terms join it through their hooks
+            if self.lora_sam is None:
+                return super().training_step(model, inputs, num_items_in_batch)
+            if isinstance(self.lora_sam, FlatLoRA):
+                self.lora_sam.begin(self.state.global_step, self.state.max_steps)
+            with self.lora_sam.active():
+                return super().training_step(model, inputs, num_items_in_batch)
         if self.per_example_loss_func is None:
             self._setup_head(model)
         model.train()
@@ -185,15 +209,55 @@ class SharpnessAwareStepMixin:
         inputs = self._with_decoder_inputs(model, self._prepare_inputs(inputs))
 
         rule = self.rule if self.schedule.perturbs(self.state.global_step, self.state.max_steps) else PLAIN_STEP
+        groups = self._groups(inputs, watched) if rule.direction.needs_ascent else None
+        if groups is None:
+            return self._step_rows(model, inputs, rule, watched, last=True)
+        # m-sharpness: each group of m examples its own ascent, perturbation and descent at its own w + e;
+        # the descents combine as the micro-batches of one accumulated batch would (the last one syncs).
+        losses, sizes = [], []
+        for number, (rows, watched_rows) in enumerate(groups):
+            self._group = number
+            last = number == len(groups) - 1
+            with contextlib.nullcontext() if last else self.accelerator.no_sync(model):
+                losses.append(self._step_rows(model, rows, rule, watched_rows, last=last))
+            sizes.append(self._batch_size(rows, None))
+        self._group = None
+        return sum(loss * size for loss, size in zip(losses, sizes)) / sum(sizes)
+
+    def _groups(self, inputs: dict[str, Any], watched: Any) -> Optional[list[tuple[dict[str, Any], Any]]]:
+        """The micro-batch cut into groups of `sam_group_size` consecutive examples (the last one
+        shorter), each with its watched values; None when no grouping applies (unset, or a
+        micro-batch of at most m examples)."""
+        size = self.args.sam_group_size
+        if size is None:
+            return None
+        if is_packed(inputs):
+            raise ValueError("`sam_group_size` cannot split a packed (padding-free) batch into groups of examples: "
+                             "train without packing, or leave sam_group_size unset.")
+        batch_size = self._batch_size(inputs, None)
+        if batch_size <= size:
+            return None
+        groups = []
+        for start in range(0, batch_size, size):
+            indices = torch.arange(start, min(start + size, batch_size))
+            rows = self._rows(inputs, indices, batch_size)
+            groups.append((rows, None if watched is None else watched[start:start + size]))
+        return groups
+
+    def _step_rows(self, model: nn.Module, inputs: dict[str, Any], rule: StepRule, watched: Any,
+                   last: bool) -> torch.Tensor:
+        """Rank, select, ascend and descend on these rows (the micro-batch, or one group of it);
+        `last`: the descent that ends the micro-batch."""
         ranked = None
         if rule.needs_ranking:
             with record_function("ksam/rank"):
                 ranked = self.rank_batch(model, inputs)
         selected = self._select(rule.rows, ranked, inputs)
-        if selected.empty:  # no example in this micro-batch has a label
+        if selected.empty:  # no example in these rows has a label
             self.sam_statistics.add_step(perturbed=False)
-            self._join_other_processes(model, inputs)
-            self._finish_micro_batch(0.0)
+            if last:
+                self._join_other_processes(model, inputs)
+                self._finish_micro_batch(0.0)
             return self._logged_loss(ranked, None, torch.zeros(()))
         ascent_rows = descent_rows = inputs  # the whole batch
         if not selected.whole_batch:
@@ -213,7 +277,7 @@ class SharpnessAwareStepMixin:
         # A step the schedule leaves plain, momentum's first step (no moment yet), a skipped ascent: unperturbed.
         self.sam_statistics.add_step(perturbed=perturbation.epsilon is not None)
         with self._perturbed(model, perturbation), record_function("ksam/descent"):
-            descent_loss = self._descend(model, descent_rows, selected)
+            descent_loss = self._descend(model, descent_rows, selected, finish=last)
         return self._logged_loss(ranked, perturbation if selected.whole_batch else None, descent_loss)
 
     @contextlib.contextmanager
@@ -341,6 +405,8 @@ class SharpnessAwareStepMixin:
         """A generator seeded by the run's seed, the optimizer step, the micro-batch and the process:
         draws that differ per micro-batch and process, and that a resumed run repeats."""
         key = [self.args.seed, self.state.global_step, self._micro_batch, self.accelerator.process_index]
+        if self._group is not None:  # m-SAM: each group its own draw
+            key.append(self._group)
         return torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
 
     def _rows(self, inputs: dict[str, Any], indices: torch.Tensor, batch_size: int) -> dict[str, Any]:
@@ -389,9 +455,10 @@ class SharpnessAwareStepMixin:
                                        sum(e.numel() for e in epsilon) if epsilon is not None else 0)
         return Perturbation(moved, epsilon, loss.detach(), (sums.detach(), counts.detach()))
 
-    def _descend(self, model: nn.Module, rows: dict[str, Any], selected: Selected) -> torch.Tensor:
+    def _descend(self, model: nn.Module, rows: dict[str, Any], selected: Selected, finish: bool = True) -> torch.Tensor:
         """Backward of the descent loss (see `Selected`) into `p.grad`, as a running mean over the
-        accumulated micro-batches' items. Returns the rows' mean loss (detached)."""
+        accumulated micro-batches' (and m-SAM's groups') items. `finish`: these rows end the
+        micro-batch. Returns the rows' mean loss (detached)."""
         _, (sums, counts) = self._forward(model, rows)
         if selected.descent_weights is None:
             loss_sum = sums.sum()
@@ -405,7 +472,10 @@ class SharpnessAwareStepMixin:
             if existing:
                 torch._foreach_mul_(existing, previous / total)
         self.accelerator.backward(loss_sum / max(total, 1.0))
-        self._finish_micro_batch(items)
+        if finish:
+            self._finish_micro_batch(items)
+        else:
+            self._accumulated_items += items
         return (sums.sum() / counts.sum().clamp_min(1)).detach()
 
     def _logged_loss(self, ranked: Optional[RankedBatch], whole_batch_ascent: Optional[Perturbation],
@@ -502,6 +572,24 @@ class SharpnessAwareStepMixin:
             return float(scaler.get_scale())
         return 1.0
 
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """The Trainer's checkpoint, plus Bi-LoRA's auxiliary adapter and its optimizer state (kept out of
+        the model, so out of `save_pretrained`'s adapter)."""
+        super()._save_checkpoint(model, trial)
+        if isinstance(self.lora_sam, BiLoRA) and self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            os.makedirs(folder, exist_ok=True)
+            torch.save(self.lora_sam.state_dict(), os.path.join(folder, CHECKPOINT_FILE))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Optional[nn.Module] = None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if isinstance(self.lora_sam, BiLoRA):
+            path = os.path.join(resume_from_checkpoint, CHECKPOINT_FILE)
+            if not os.path.isfile(path):
+                raise ValueError(f"{resume_from_checkpoint} has no {CHECKPOINT_FILE}: it was not written by a "
+                                 "sam_mode='bi_lora' run, so its auxiliary adapter cannot be resumed. Start afresh.")
+            self.lora_sam.load_state_dict(torch.load(path, weights_only=False))
+
     def _inner_training_loop(self, *args: Any, **kwargs: Any):
         # The loop starts from zeroed gradients; a step that failed part-way (out of memory, which
         # `auto_find_batch_size` answers by restarting this loop) must not leave its count behind.
@@ -515,9 +603,25 @@ class SharpnessAwareStepMixin:
         are no longer finite (its logged loss can still look finite)."""
         if self.model is not None and self.state.global_step > 0:
             check_finite_weights(self.model, self.state.global_step)
-        if "loss" in logs and self.args.sam_mode != "none":
+        if "loss" in logs and self.rule is not None:
             logs.update(self.sam_statistics.pop())
+        if "loss" in logs and self.lora_sam is not None:
+            logs.update(self.lora_sam.logs())
         super().log(logs, start_time)
+
+
+class _AuxiliaryAscent(TrainerCallback):
+    """Bi-LoRA's ascent, once per optimizer step, before the base optimizer steps (the gradients of
+    both adapters are then complete), at the auxiliary rate times the main schedule's factor."""
+
+    def __init__(self, trainer: SharpnessAwareStepMixin) -> None:
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        trainer = self.trainer
+        scheduler = trainer.lr_scheduler
+        factor = scheduler.get_last_lr()[0] / args.learning_rate if scheduler is not None and args.learning_rate else 1.0
+        trainer.lora_sam.ascend(factor, trainer.accelerator.num_processes)
 
 
 class KSAMTrainer(SharpnessAwareStepMixin, Trainer):

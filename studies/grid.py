@@ -98,6 +98,17 @@ class ReproductionArguments:
     eval_every_epoch: bool = field(
         default=False, metadata={"help": "Score the dev set after every epoch (`epochs` in the row); the row's "
                                          "score stays the final model's."})
+    early_stopping_split: Optional[float] = field(
+        default=None, metadata={"help": "run_glue's --early_stopping_split: hold out this share of the training rows "
+                                        "(noised as they are), keep the best model by it; the row's scores are its."})
+    early_stopping_every: float = field(
+        default=0.5, metadata={"help": "Epochs between two scorings of the early-stopping split."})
+    eval_compressed: bool = field(
+        default=False, metadata={"help": "run_glue's --eval_compressed: the held-out score after int8 quantization, "
+                                         "magnitude pruning and weight noise, in the row's results."})
+    lora_r: Optional[int] = field(
+        default=None, metadata={"help": "run_glue's --lora_r: train LoRA adapters of this rank (query and value), the "
+                                        "head whole; needed by the bi_lora and flat_lora methods."})
     keep_weights: bool = field(
         default=False, metadata={"help": "Keep each run's model in its run folder (by default a run keeps its "
                                          "logs, metrics and trainer state only: ~90 MB a MiniLM run)."})
@@ -196,6 +207,13 @@ def run_settings(task: str, method: str, seed: int, args: ReproductionArguments)
         settings["test_split_rows"] = block
     if args.eval_every_epoch:
         settings["eval_strategy"] = "epoch"
+    if args.early_stopping_split is not None:
+        settings["early_stopping_split"] = normalized(str(args.early_stopping_split))
+        settings["early_stopping_every"] = normalized(str(args.early_stopping_every))
+    if args.eval_compressed:
+        settings["eval_compressed"] = "True"
+    if args.lora_r is not None:
+        settings["lora_r"] = str(args.lora_r)
     return settings
 
 
@@ -247,6 +265,7 @@ def run_one(task: str, method: str, seed: int, settings: dict[str, str], args: R
               for log in state["log_history"] if f"eval_{metric}" in log]
     return {"curve": curve, "epochs": epochs, "task": task, "method": method, "seed": seed, "key": run_key(settings),
             "metric": metric, "score": results[f"eval_{metric}"], "heldout_score": results.get(f"heldout_{metric}"),
+            "last_heldout_score": results.get(f"last_heldout_{metric}"),
             "wall_seconds": round(time.time() - started, 1), "machine": machine_description(),
             "settings": settings, "results": results}
 
@@ -287,8 +306,8 @@ def run_spec(argv: list[str]) -> None:
     in `<results_dir>/<name>` (or in the cell's own `results_dir`, where it names one). Arguments on the
     command line override the spec's (`--seeds 4 5`, `--plan_only`). Seeds run outermost, then cells:
     every cell has seed 1 before any has seed 2. Prints the plan (runs, the spec's `budget`) first.
-    Ends with the spec's `summary`, a module of `studies` and its arguments, `{results_dir}` and
-    `{glue_dir}` standing for the first cell's (default: the table over the cells,
+    Ends with the spec's `summary`, a module of `studies` and its arguments, `{results_dir}`,
+    `{study_dir}` (its parent) and `{glue_dir}` standing for the first cell's (default: the table over the cells,
     `studies.summarize_cells <results_dir>`; an empty list: none)."""
     position = argv.index("--spec")
     path = Path(argv[position + 1])
@@ -326,8 +345,8 @@ def run_spec(argv: list[str]) -> None:
             print(f"[grid] cell {name}, seed {seed}", flush=True)
             main(cell_argv + ["--seeds", str(seed)], progress)
     default = ["studies.summarize_cells", str(Path(first.results_dir).parent), "--baseline", first.baseline]
-    summary = [part.format(results_dir=first.results_dir, glue_dir=first.glue_dir or "")
-               for part in spec.get("summary", default)]
+    summary = [part.format(results_dir=first.results_dir, study_dir=Path(first.results_dir).parent,
+                           glue_dir=first.glue_dir or "") for part in spec.get("summary", default)]
     if summary:
         importlib.import_module(summary[0]).main([part for part in summary[1:] if part])
 

@@ -25,9 +25,10 @@ KEYED_SAM_FIELDS = ("sam_rho", "ksam_k", "ksam_selection", "ksam_uniform_mix", "
 """The `KSAMConfig` fields written out with their defaults into every SAM run's settings (those of the
 committed grids); a field added since (the SAM schedules) is written only when a spec sets it, so
 that the committed runs keep their keys."""
-OVERRIDABLE_TRAINING_FIELDS = ("learning_rate", "num_train_epochs", "model_name_or_path")
+OVERRIDABLE_TRAINING_FIELDS = ("learning_rate", "num_train_epochs", "model_name_or_path", "label_smoothing_factor")
 """Settings a method spec may set besides the `KSAMConfig` SAM fields: a learning-rate grid is a list
-of methods (`adamw@learning_rate=5e-5`), a warm start another model and fewer epochs."""
+of methods (`adamw@learning_rate=5e-5`), a warm start another model and fewer epochs, a plain control
+label smoothing (`adamw@label_smoothing_factor=0.1`)."""
 
 
 def normalized(value: str) -> str:

@@ -11,21 +11,22 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-def interval(differences: list[float]) -> tuple[float, Optional[float], Optional[float]]:
-    """Mean and two-sided 95 % t-interval of paired differences (no interval for fewer than 2)."""
+def interval(differences: list[float], level: float = 0.95) -> tuple[float, Optional[float], Optional[float]]:
+    """Mean and two-sided t-interval (95 % unless `level` says otherwise; Bonferroni over c
+    comparisons: 1 - 0.05 / c) of paired differences (no interval for fewer than 2)."""
     n = len(differences)
     mean = sum(differences) / n
     if n < 2:
         return mean, None, None
-    half = stats.t.ppf(0.975, n - 1) * statistics.stdev(differences) / math.sqrt(n)
+    half = stats.t.ppf(1 - (1 - level) / 2, n - 1) * statistics.stdev(differences) / math.sqrt(n)
     return mean, mean - half, mean + half
 
 
-def difference_cell(differences: list[float]) -> str:
-    """A paired-difference cell, x 100: mean [95 % t-interval], "(n=1)" for one seed, "—" for none."""
+def difference_cell(differences: list[float], level: float = 0.95) -> str:
+    """A paired-difference cell, x 100: mean [t-interval at `level`], "(n=1)" for one seed, "—" for none."""
     if not differences:
         return "—"
-    mean, low, high = interval(differences)
+    mean, low, high = interval(differences, level)
     return f"{100 * mean:+.1f}" + (f" [{100 * low:+.1f}, {100 * high:+.1f}]" if low is not None else " (n=1)")
 
 

@@ -8,13 +8,11 @@ import math
 from typing import Optional
 
 from glue_scripts.glue_data import glue_task, load_glue_tsv
-from glue_scripts.glue_metrics import input_blind_baseline
+from glue_scripts.glue_metrics import MAIN_METRIC, input_blind_baseline
 
 TASK_ORDER = ("rte", "mrpc", "cola", "stsb", "sst2", "qnli", "mnli", "qqp", "wnli")
 """The order of the tables' columns."""
-MAIN_METRIC = {"cola": "matthews_correlation", "stsb": "combined_score", "mrpc": "combined_score",
-               "qqp": "combined_score", "sst2": "accuracy", "mnli": "accuracy", "qnli": "accuracy",
-               "rte": "accuracy", "wnli": "accuracy"}
+__all__ = ["MAIN_METRIC", "TASK_ORDER", "at_uniform_predictor", "input_blind_baselines"]
 
 
 UNIFORM_LOSS_TOLERANCE = 0.002

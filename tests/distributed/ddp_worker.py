@@ -58,6 +58,9 @@ CONFIGS = {
                                                 gradient_accumulation_steps=2, max_steps=4)),
     "step_share_ga2": ("seqcls_single", 31, dict(sam_mode="random_direction", sam_step_share=0.5,
                                                  gradient_accumulation_steps=2, max_steps=6)),
+    # m-SAM: each micro-batch of 4 in two groups of 2, each its own perturbation; the groups' descents
+    # are taken without sync but the last one's, whose backward syncs what the step accumulated.
+    "sam_groups_ga2": ("seqcls_single", 32, dict(sam_mode="sam", sam_group_size=2, gradient_accumulation_steps=2)),
 }
 
 

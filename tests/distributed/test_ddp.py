@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow  # end-to-end: real processes / real data (CI runs
 ROOT = REPO
 WORLD = 2
 RHO = 0.05
-CONFIG_NAMES = ["ksam", "ksam_ga2", "sam_ga2", "ksam_sync", "ksam_sync_ga2", "sync_unused_params"]
+CONFIG_NAMES = ["ksam", "ksam_ga2", "sam_ga2", "ksam_sync", "ksam_sync_ga2", "sync_unused_params", "sam_groups_ga2"]
 EXTRA_CONFIGS = ["unlabelled_rank_sam_sync", "scheduled_ga2", "step_share_ga2"]  # checked by their own tests
 
 
@@ -135,6 +135,10 @@ def weighted_mean(parts: list, weights: list) -> list:
 def expected_gradient(name: str, model, seen_per_rank: list) -> list:
     """The gradient every process should step with, computed from the micro-batches each one saw."""
     case, _, sam = CONFIGS[name]
+    if sam.get("sam_group_size"):  # m-SAM: every group of a micro-batch is a SAM step of its own
+        size = sam["sam_group_size"]
+        seen_per_rank = [[rows(micro, list(range(start, min(start + size, len(micro["labels"])))))
+                          for micro in seen for start in range(0, len(micro["labels"]), size)] for seen in seen_per_rank]
     kept = [[kept_rows(model, micro, sam) for micro in seen] for seen in seen_per_rank]
     per_rank = []
     for rank, batches in enumerate(kept):

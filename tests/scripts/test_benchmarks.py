@@ -112,3 +112,18 @@ def test_rank_dtype_benchmark_compares_the_kept_sets(tmp_path, restore_threads):
     assert result["k"] == 2 and result["batches"] == 2
     assert 0 <= result["mean_share_of_kept_differing"] <= 1 and 0 <= result["share_of_batches_identical"] <= 1
     assert all(value > 0 for value in result["median_ms"].values())
+
+
+@pytest.mark.slow
+def test_lora_step_time_times_every_lora_mode_paired(tmp_path, restore_threads):
+    from benchmarks import lora_step_time
+
+    torch.set_num_threads(1)
+    result = lora_step_time.main(["--shape", "cpu-small", "--steps", "1", "--warmup", "0",
+                                  "--output", str(tmp_path / "lora.json")])
+    rows = {row["method"]: row for row in result["rows"]}
+    assert set(rows) == {"lora_adamw", "lora_sam", "bi_lora", "flat_lora"}
+    assert rows["lora_adamw"]["paired_ratio_to_lora_adamw"] == 1.0
+    assert all(math.isfinite(row["median_ms"]) and row["median_ms"] > 0 for row in rows.values())
+    assert (rows["lora_sam"]["passes"], rows["bi_lora"]["passes"]) == (2, 1)
+    assert json.loads((tmp_path / "lora.json").read_text())["rows"] == result["rows"]

@@ -471,3 +471,14 @@ def test_the_glue_grid_uses_the_values_its_tuning_picks():
         rho = float(method.rsplit("sam_rho=", 1)[1])
         name = next(value for key, value in reversed(family.items()) if key in method)
         assert rho == (KSAMConfig.sam_rho if name is None else picked[name]), method
+
+
+def test_the_early_stopping_and_compression_options_reach_run_glue_only_when_used(tmp_path):
+    args = grid(tmp_path, tasks=["sst2"], early_stopping_split=0.2, eval_compressed=True)
+    settings = rg.run_settings("sst2", "sam@sam_group_size=4@sam_rho=0.1", 1, args)
+    assert {k: settings[k] for k in ("early_stopping_split", "early_stopping_every", "eval_compressed",
+                                     "sam_group_size")} == \
+        {"early_stopping_split": "0.2", "early_stopping_every": "0.5", "eval_compressed": "True", "sam_group_size": "4"}
+    plain = rg.run_settings("sst2", "adamw@label_smoothing_factor=0.1", 1, grid(tmp_path, tasks=["sst2"]))
+    assert plain["label_smoothing_factor"] == "0.1"
+    assert not {"early_stopping_split", "eval_compressed", "sam_group_size"} & set(plain)

@@ -57,7 +57,7 @@ def test_sam_field_names_come_from_the_dataclass():
     assert KSAMConfig.sam_field_names() == [
         "sam_mode", "sam_rho", "ksam_k", "ksam_selection", "ksam_uniform_mix", "ksam_loss_share", "sam_adaptive",
         "ksam_rank_without_dropout", "sam_sync_ascent", "ksam_rank_dtype", "sam_every_n_steps", "sam_step_share",
-        "sam_start_fraction"]
+        "sam_start_fraction", "bi_lora_rank", "bi_lora_learning_rate", "sam_group_size"]
 
 
 def test_every_sam_field_is_documented_in_the_docstring():

@@ -1,0 +1,125 @@
+"""Step time of the LoRA modes on a causal LM: LoRA AdamW, LoRA-SAM, Bi-LoRA and Flat-LoRA, paired.
+
+Each runner is a `KSAMTrainer` over its own copy of one PEFT LoRA model (r 16 on the attention and
+MLP projections, random weights: nothing is downloaded) and runs one optimizer step as the Trainer's
+loop does: `training_step`, clip, Bi-LoRA's ascent (the Trainer runs it before the optimizer steps),
+the optimizer step, zero the gradients. Flat-LoRA draws a new noise every step, as in training (its
+sigma held at the papers' 0.05 by a step halfway through a run). The runners are interleaved round
+by round (`benchmarks.measure.run_rounds`); the figure is the median over the timed rounds of each
+step over LoRA AdamW's in the same round. Passes: LoRA AdamW, Bi-LoRA and Flat-LoRA one forward and
+backward, LoRA-SAM two; Bi-LoRA and Flat-LoRA's bound is thus LoRA AdamW's step.
+
+    python -m benchmarks.lora_step_time --shape cpu-small                  # a 4-layer Llama, 4 x 256 tokens
+    python -m benchmarks.lora_step_time --shape qwen2-0.5b --device cuda   # Qwen2-0.5B's shape, bf16, 4 x 2048
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as _dt
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from . import measure
+from .common import REPO, machine_info, median
+from .report import paired_ratios
+
+SHAPES = {
+    # name: (Llama/Qwen2 config fields, batch, sequence length, dtype)
+    "cpu-small": (dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=8000), 4, 256, torch.float32),
+    "qwen2-0.5b": (dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                        num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True), 4, 2048, torch.bfloat16),
+}
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+METHODS = {"lora_adamw": dict(sam_mode="none"), "lora_sam": dict(sam_mode="sam", sam_rho=0.05),
+           "bi_lora": dict(sam_mode="bi_lora", sam_rho=0.05), "flat_lora": dict(sam_mode="flat_lora", sam_rho=0.05)}
+PASSES = {"lora_adamw": 1, "lora_sam": 2, "bi_lora": 1, "flat_lora": 1}
+
+
+def build(shape: str, device: torch.device, seed: int = 0) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    fields, _, seq_len, dtype = SHAPES[shape]
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(Qwen2Config(max_position_embeddings=max(seq_len, 512), **fields))
+    model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=16, lora_alpha=32, target_modules=TARGETS))
+    return model.to(device, dtype)
+
+
+class Runner:
+    """One optimizer step of a LoRA mode through its trainer."""
+
+    def __init__(self, name: str, model: torch.nn.Module, output_dir: str, use_cpu: bool, bf16: bool) -> None:
+        from ksam_hf import KSAMConfig, KSAMTrainer
+
+        self.name = name
+        args = KSAMConfig(output_dir=output_dir, use_cpu=use_cpu, bf16=bf16, report_to="none", save_strategy="no",
+                          max_grad_norm=1.0, learning_rate=1e-4, **METHODS[name])
+        self.trainer = KSAMTrainer(model=model, args=args)
+        self.trainer.create_optimizer()
+        self.trainer.state.global_step, self.trainer.state.max_steps = 500, 1000  # sigma_t = sigma / 2 for Flat-LoRA
+        self.model = model
+
+    def step(self, batch: dict[str, torch.Tensor]) -> None:
+        trainer = self.trainer
+        trainer.training_step(self.model, dict(batch))
+        trainer.accelerator.clip_grad_norm_(self.model.parameters(), 1.0)
+        if self.name == "bi_lora":
+            trainer.lora_sam.ascend(1.0)
+        trainer.optimizer.step()
+        self.model.zero_grad(set_to_none=True)
+        trainer.state.global_step += 1  # a new noise draw every step
+
+
+def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.lora_step_time", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", choices=list(SHAPES), default="cpu-small")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=REPO / "runs" / "benchmarks" / "lora_step_time.json")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if args.device == "cuda" else "cpu")
+    _, batch_size, seq_len, dtype = SHAPES[args.shape]
+    base = build(args.shape, device)
+    generator = torch.Generator().manual_seed(1)
+    batches = []
+    for _ in range(4):
+        ids = torch.randint(10, base.config.vocab_size, (batch_size, seq_len), generator=generator).to(device)
+        batches.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()})
+    started = _dt.datetime.now(_dt.timezone.utc)
+    with tempfile.TemporaryDirectory(prefix="ksam_lora_bench_") as folder:
+        runners = [Runner(name, copy.deepcopy(base), folder, use_cpu=device.type == "cpu",
+                          bf16=dtype == torch.bfloat16) for name in METHODS]
+        times, _ = measure.run_rounds(runners, batches, args.warmup, args.steps, device, lambda line: print(line, flush=True))
+    ratios = paired_ratios(times, baseline="lora_adamw")
+    rows = [{"method": name, "median_ms": 1e3 * median(times[name]), "paired_ratio_to_lora_adamw": ratios[name][0],
+             "passes": PASSES[name], "bound_ratio": PASSES[name] / PASSES["lora_adamw"]} for name in METHODS]
+    trainable = sum(p.numel() for p in base.parameters() if p.requires_grad)
+    title = (f"{args.shape}: {sum(p.numel() for p in base.parameters()) / 1e6:.0f}M parameters "
+             f"({trainable / 1e6:.1f}M LoRA r16 on {', '.join(TARGETS)}), {batch_size} x {seq_len} tokens, "
+             f"{str(dtype).split('.')[-1]}, {device.type}; median of {args.steps} interleaved steps")
+    print(title)
+    print("method       median ms   x LoRA AdamW (paired)   passes   bound x")
+    for row in rows:
+        print(f"{row['method']:<12} {row['median_ms']:>9.1f}   {row['paired_ratio_to_lora_adamw']:>21.3f}   "
+              f"{row['passes']:>6}   {row['bound_ratio']:>7.2f}")
+    result = {"benchmark": "benchmarks.lora_step_time", "started_utc": started.isoformat(timespec="seconds"),
+              "command": "python -m benchmarks.lora_step_time " + " ".join(sys.argv[1:] if argv is None else argv),
+              "title": title, "machine": machine_info(device), "rows": rows, "step_times_s": times}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.output}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

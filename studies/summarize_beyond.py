@@ -1,0 +1,152 @@
+"""What sharpness-aware training buys that training less does not (issue 39): every arm against
+AdamW early-stopped on a noisy validation split, on the held-out score and on what compression
+costs the model.
+
+Reads `<results_dir>/<cell>/results.jsonl` (the grid's rows of `studies/specs/beyond_training_less*.json`:
+every arm early-stopped, `--eval_compressed`). Per cell and arm, paired by seed with the
+early-stopped AdamW (`--baseline`): the held-out score of the best model (and of the last), and for
+each compression (int8, pruning 30/50/70 %, weight noise 0.01/0.02/0.05) the arm's drop minus
+AdamW's drop (below 0: the arm loses less to it). Intervals are t-intervals Bonferroni-corrected
+over the cells (each at 1 - 0.05 / cells). Writes `beyond.md` (the tables and the verdict lines)
+and `beyond.png` (held-out difference and three drops per arm, one marker per cell).
+
+    python -m studies.summarize_beyond docs/results/beyond-training-less
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+from typing import Optional
+
+from studies.methods import short_name
+from studies.rows import load_rows
+from studies.stats import difference_cell, interval
+
+COMPRESSIONS = ("int8", "prune30", "prune50", "prune70", "noise0.01", "noise0.02", "noise0.05")
+PLOTTED = ("heldout", "int8", "prune50", "noise0.02")
+
+
+def outcome(row: dict, name: str) -> Optional[float]:
+    """`heldout`: the best model's held-out score; `last`: the last model's; a compression: its drop."""
+    if name == "heldout":
+        return row.get("heldout_score")
+    if name == "last":
+        return row.get("last_heldout_score")
+    return row["results"].get(f"heldout_{name}_drop_{row['metric']}")
+
+
+def paired(rows: list[dict], method: str, baseline: str, name: str) -> list[float]:
+    """The arm's outcome minus the baseline's, per seed both have."""
+    by = {(r["method"], r["seed"]): outcome(r, name) for r in rows}
+    return [by[method, s] - by[baseline, s] for (m, s) in sorted(by, key=lambda k: k[1])
+            if m == method and by[method, s] is not None and by.get((baseline, s)) is not None]
+
+
+def step_ratio(rows: list[dict], method: str, baseline: str) -> Optional[float]:
+    """Median over seeds of the run's median step time over the baseline's of the same seed."""
+    step = {(r["method"], r["seed"]): r["results"].get("train_median_step_time") for r in rows}
+    ratios = [step[method, s] / step[baseline, s] for (m, s) in step
+              if m == method and step[method, s] and step.get((baseline, s))]
+    return statistics.median(ratios) if ratios else None
+
+
+def cell_lines(name: str, rows: list[dict], baseline: str, level: float) -> list[str]:
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    header = ("| arm | seeds | held-out (best) | - AdamW | last model - AdamW | "
+              + " | ".join(f"{c} drop - AdamW's" for c in COMPRESSIONS) + " | step / AdamW |")
+    lines = [f"### {name}", "", f"Baseline: `{baseline}`, early-stopped as every arm; intervals at "
+             f"{100 * level:.2f} % (Bonferroni over the cells).", "", header, "|---" * (6 + len(COMPRESSIONS)) + "|"]
+    for method in methods:
+        own = [r["heldout_score"] for r in rows if r["method"] == method and r.get("heldout_score") is not None]
+        mean = f"{100 * statistics.fmean(own):.1f}" if own else "—"
+        cells = [difference_cell(paired(rows, method, baseline, o), level) if method != baseline else ""
+                 for o in ("heldout", "last", *COMPRESSIONS)]
+        ratio = step_ratio(rows, method, baseline)
+        lines.append(f"| `{method}` | {len(own)} | {mean} | " + " | ".join(cells)
+                     + f" | {'—' if ratio is None else f'{ratio:.2f}'} |")
+    return lines + [""]
+
+
+def separated(rows: list[dict], method: str, baseline: str, name: str, level: float) -> Optional[str]:
+    """"above" / "below" where the interval excludes 0, else None."""
+    values = paired(rows, method, baseline, name)
+    if len(values) < 2:
+        return None
+    _, low, high = interval(values, level)
+    return "above" if low > 0 else "below" if high < 0 else None
+
+
+def verdict_lines(cells: dict[str, list[dict]], baseline: str, level: float) -> list[str]:
+    lines = []
+    methods = list(dict.fromkeys(r["method"] for rows in cells.values() for r in rows if r["method"] != baseline))
+    for method in methods:
+        found = []
+        for name, rows in cells.items():
+            for what in ("heldout", *COMPRESSIONS):
+                side = separated(rows, method, baseline, what, level)
+                if side:
+                    label = "held-out score" if what == "heldout" else f"{what} drop"
+                    found.append(f"{name}: {label} {side} AdamW's")
+        seeds = min((len(paired(rows, method, baseline, "heldout")) for rows in cells.values()), default=0)
+        lines.append(f"- `{method}` (at least {seeds} paired seeds a cell): "
+                     + ("; ".join(found) if found else "nothing separated from the early-stopped AdamW") + ".")
+    return lines
+
+
+def plot(cells: dict[str, list[dict]], baseline: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(dict.fromkeys(r["method"] for rows in cells.values() for r in rows if r["method"] != baseline))
+    fig, axes = plt.subplots(1, len(PLOTTED), figsize=(4 * len(PLOTTED), 3.6 + 0.12 * len(methods)), squeeze=False)
+    for ax, what in zip(axes[0], PLOTTED):
+        for offset, (name, rows) in enumerate(cells.items()):
+            for y, method in enumerate(methods):
+                values = paired(rows, method, baseline, what)
+                if values:
+                    mean = statistics.fmean(values)
+                    ax.plot(100 * mean, y + 0.15 * offset, "o", color=f"C{offset}", label=name if y == 0 else None)
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set_yticks(range(len(methods)), [short_name(m) for m in methods] if ax is axes[0][0] else [""] * len(methods),
+                      fontsize=7)
+        ax.set_title("held-out - AdamW" if what == "heldout" else f"{what} drop - AdamW's", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.supxlabel("points x 100, mean over paired seeds (early-stopped AdamW = 0)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: Optional[list[str]] = None) -> str:
+    parser = argparse.ArgumentParser(prog="python -m studies.summarize_beyond", description=__doc__.split("\n\n")[0])
+    parser.add_argument("results_dir", type=Path, help="a folder of cell folders, each with a results.jsonl")
+    parser.add_argument("--baseline", default="adamw")
+    args = parser.parse_args(argv)
+    cells = {folder.name: load_rows(folder / "results.jsonl") for folder in sorted(args.results_dir.iterdir())
+             if (folder / "results.jsonl").exists()}
+    cells = {name: rows for name, rows in cells.items() if rows}
+    if not cells:
+        raise SystemExit(f"summarize_beyond: no rows under {args.results_dir}: run the grid first.")
+    level = 1 - 0.05 / len(cells)
+    text = [f"Written by `python -m studies.summarize_beyond {' '.join(sys.argv[1:] if argv is None else argv)}`.", "",
+            "Scores x 100. Every arm early-stopped: the best model by the noisy validation split, scored every half "
+            "epoch; held-out (best) is that model's score on the held-out block, `last` the last model's. A drop is "
+            "the model's own held-out score minus its score after the compression; drop - AdamW's below 0: the arm "
+            "keeps more of its score than AdamW does.", ""]
+    for name, rows in cells.items():
+        text += cell_lines(name, rows, args.baseline, level)
+    text += ["## Verdict, computed", "", *verdict_lines(cells, args.baseline, level), ""]
+    (args.results_dir / "beyond.md").write_text("\n".join(text))
+    plot(cells, args.baseline, args.results_dir / "beyond.png")
+    print("\n".join(text))
+    return "\n".join(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""The table of issue 39's study: arms against the early-stopped AdamW, Bonferroni over the cells."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+
+from scipy import stats
+
+from studies import summarize_beyond
+
+
+def row(method: str, seed: int, heldout: float, last: float, drops: dict[str, float]) -> dict:
+    return {"task": "sst2", "method": method, "seed": seed, "metric": "accuracy", "heldout_score": heldout,
+            "last_heldout_score": last, "results": {"train_median_step_time": 1.0 if method == "adamw" else 2.0,
+                                                    **{f"heldout_{k}_drop_accuracy": v for k, v in drops.items()}}}
+
+
+def write(folder, rows):
+    folder.mkdir(parents=True)
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_differences_intervals_and_the_verdict(tmp_path):
+    sam_gain = [0.05, 0.06, 0.07]  # held-out points over AdamW, per seed
+    sam_drop = [-0.02, -0.03, -0.025]  # SAM loses 2-3 points less to int8
+    a = [row("adamw", s, 0.70, 0.65, {"int8": 0.04}) for s in (1, 2, 3)]
+    b = [row("sam@sam_rho=0.1", s, 0.70 + g, 0.66, {"int8": 0.04 + d}) for s, g, d in zip((1, 2, 3), sam_gain, sam_drop)]
+    write(tmp_path / "noisy", a + b)
+    write(tmp_path / "clean", [row("adamw", s, 0.80, 0.80, {"int8": 0.01}) for s in (1, 2, 3)]
+          + [row("sam@sam_rho=0.1", s, 0.80 + d, 0.8, {"int8": 0.01}) for s, d in zip((1, 2, 3), (0.01, -0.01, 0.0))])
+    text = summarize_beyond.main([str(tmp_path)])
+    level = 1 - 0.05 / 2  # two cells
+    half = stats.t.ppf(1 - (1 - level) / 2, 2) * statistics.stdev(sam_gain) / math.sqrt(3)
+    mean = statistics.fmean(sam_gain)
+    assert f"+{100 * mean:.1f} [+{100 * (mean - half):.1f}, +{100 * (mean + half):.1f}]" in text
+    assert "97.50 %" in text
+    verdict = text.split("## Verdict, computed", 1)[1]
+    assert "noisy: held-out score above AdamW's" in verdict and "noisy: int8 drop below AdamW's" in verdict
+    assert "clean:" not in verdict  # nothing separated there
+    assert "| 2.00 |" in text  # SAM's step over AdamW's
+    assert (tmp_path / "beyond.png").exists()
