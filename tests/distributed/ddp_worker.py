@@ -61,6 +61,8 @@ CONFIGS = {
     # m-SAM: each micro-batch of 4 in two groups of 2, each its own perturbation; the groups' descents
     # are taken without sync but the last one's, whose backward syncs what the step accumulated.
     "sam_groups_ga2": ("seqcls_single", 32, dict(sam_mode="sam", sam_group_size=2, gradient_accumulation_steps=2)),
+    # Bi-LoRA on a LoRA model: the auxiliary adapter's ascent gradient is averaged across processes.
+    "bi_lora": ("lora", 33, dict(sam_mode="bi_lora", gradient_accumulation_steps=1, learning_rate=1e-2)),
 }
 
 
@@ -71,6 +73,12 @@ def dataset_for(name: str):
         torch.manual_seed(seed)
         model = TwoHeadClassifier(bert_config(num_labels=3))
         batch["use_second"] = (torch.arange(DATASET_SIZE) // PER_DEVICE_BATCH % 2).float()
+        return model, [{k: v[i] for k, v in batch.items()} for i in range(DATASET_SIZE)]
+    if case == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model, batch = make_case("seqcls_single", batch_size=DATASET_SIZE, seed=seed)
+        model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"]))
         return model, [{k: v[i] for k, v in batch.items()} for i in range(DATASET_SIZE)]
     model, batch = make_case(case, batch_size=DATASET_SIZE, seed=seed)
     if name.startswith("unlabelled_rank"):
@@ -104,6 +112,7 @@ def run(name: str, out: str) -> None:
         "world_size": trainer.args.world_size,
         "distributed_type": str(trainer.accelerator.distributed_type),
         "wrapped": type(trainer.model_wrapped).__name__,
+        "auxiliary": None if trainer.lora_sam is None else [p.detach().clone() for p in trainer.lora_sam.parameters()],
     }, os.path.join(out, f"{name}_rank{rank}.pt"))
 
 

@@ -32,7 +32,7 @@ ROOT = REPO
 WORLD = 2
 RHO = 0.05
 CONFIG_NAMES = ["ksam", "ksam_ga2", "sam_ga2", "ksam_sync", "ksam_sync_ga2", "sync_unused_params", "sam_groups_ga2"]
-EXTRA_CONFIGS = ["unlabelled_rank_sam_sync", "scheduled_ga2", "step_share_ga2"]  # checked by their own tests
+EXTRA_CONFIGS = ["unlabelled_rank_sam_sync", "scheduled_ga2", "step_share_ga2", "bi_lora"]  # checked by their own tests
 
 
 def launch(out: Path, configs: list[str], timeout: float,
@@ -259,3 +259,16 @@ def test_schedules_decide_alike_on_every_process_and_micro_batch(ddp_results):
             assert shares[0] == expected
         else:
             assert len(shares[0]) == 6 and 0 < sum(shares[0]) < 6
+
+
+def test_bi_lora_keeps_one_auxiliary_adapter_on_every_process(ddp_results):
+    """The auxiliary adapter ascends on the gradient averaged across processes, as DDP averages the
+    main adapter's: after a step on different shards both processes hold the same one, moved from 0."""
+    first, second = ddp_results["bi_lora"]
+    assert not torch.equal(first["seen"][0]["input_ids"], second["seen"][0]["input_ids"])
+    assert first["auxiliary"] is not None
+    for a, b in zip(first["auxiliary"], second["auxiliary"]):
+        assert torch.equal(a, b)
+    assert any(torch.count_nonzero(b) for b in first["auxiliary"][len(first["auxiliary"]) // 2:])  # the B2s moved
+    for n in first["after"]:
+        assert torch.equal(first["after"][n], second["after"][n]), n
