@@ -169,16 +169,14 @@ def per_example_loss_for(model: PreTrainedModel, kind: str, label_smoothing: flo
     raise ValueError(f"No per-example loss is known for head kind {kind!r}.")
 
 
-def mean_max_probability(outputs: Any, counts: torch.Tensor) -> Optional[torch.Tensor]:
-    """Mean over the labelled examples of the top class's probability: 1 / classes for a model that
-    predicts the uniform distribution (a collapse), towards 1 for a confident one. None if no
-    example is labelled."""
+def mean_max_probability(outputs: Any, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum, count) over the labelled examples of the top class's probability, on the device (no
+    host synchronisation: the mean is taken when it is logged): 1 / classes for a model that predicts
+    the uniform distribution (a collapse), towards 1 for a confident one."""
     logits = _logits(outputs).detach().float()
     top = logits.softmax(dim=-1).amax(dim=-1).view(-1)
-    labelled = counts.to(top.device) > 0
-    if not bool(labelled.any()):
-        return None
-    return top[labelled].mean()
+    labelled = (counts.to(top.device) > 0).float()
+    return (top * labelled).sum(), labelled.sum()
 
 
 def label_counts(inputs: Mapping[str, Any], kind: Optional[str]) -> Optional[torch.Tensor]:
@@ -193,11 +191,11 @@ def label_counts(inputs: Mapping[str, Any], kind: Optional[str]) -> Optional[tor
     labels = inputs.get("labels")
     if not torch.is_tensor(labels):
         return None
-    labels = labels.detach().cpu()
+    labels = labels.detach()  # counted where the labels are: the caller copies the counts to the host
     if kind in TOKEN_LEVEL_HEADS:
         if kind == "causal_lm":
             labels = labels[:, 1:]
         return labels.ne(IGNORE_INDEX).reshape(labels.shape[0], -1).sum(dim=1).float()
     if labels.is_floating_point():  # regression, multi-label: every example has a target
-        return torch.ones(labels.shape[0])
+        return torch.ones(labels.shape[0], device=labels.device)
     return labels.ne(IGNORE_INDEX).float()

@@ -109,10 +109,11 @@ class OptimizerMomentum(Direction):
                                "AdamW or SGD with momentum, or another sam_mode.")
             return Perturbation([], None)
         params, moments = [p for p, _ in moved], [m for _, m in moved]
-        norm = float(ascent_norm(moments, params, adaptive=False))
-        if not norm > 0 or context.rho == 0:
+        if context.rho == 0:
             return Perturbation([], None)
-        epsilon = torch._foreach_mul(moments, -context.rho / norm)
+        norm = ascent_norm(moments, params, adaptive=False)  # on the device: a zero moment gives e = 0
+        scale = torch.where(norm > 0, -context.rho / norm.clamp_min(torch.finfo(norm.dtype).tiny), 0.0)
+        epsilon = torch._foreach_mul(moments, scale)
         return Perturbation(params, [e.to(p.dtype) for e, p in zip(epsilon, params)])
 
     @classmethod
@@ -142,6 +143,6 @@ class RandomDirection(Direction):
             if isinstance(p, DTensor):  # sharded (FSDP2): every rank drew the whole z; keep its own shard
                 z = distribute_tensor(z, p.device_mesh, p.placements)
             epsilon.append(z)
-        norm = float(ascent_norm(epsilon, params, adaptive=False))
+        norm = ascent_norm(epsilon, params, adaptive=False)  # on the device
         torch._foreach_mul_(epsilon, context.rho / norm)
         return Perturbation(params, [e.to(p.dtype) for e, p in zip(epsilon, params)])

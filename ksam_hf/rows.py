@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import torch
 
@@ -30,14 +30,29 @@ def _cut(inputs: dict[str, Any], keys: list[str], dim: int, length: int) -> None
         inputs[key] = inputs[key].narrow(dim, 0, length)
 
 
-def trim_padding(inputs: Mapping[str, Any], decoder_labels: bool) -> dict[str, Any]:
+def used_lengths(inputs: Mapping[str, Any]) -> Optional[torch.Tensor]:
+    """Each row's used length (one past its last column with `attention_mask != 0` or a token label),
+    computed where the inputs are, without a host synchronisation; None without a 2-D attention mask."""
+    mask = inputs.get("attention_mask")
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+        return None
+    used = mask.ne(0)
+    labels = inputs.get("labels")
+    if isinstance(labels, torch.Tensor) and labels.shape == mask.shape:
+        used = used | labels.ne(-100)
+    positions = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+    return (used * positions).amax(dim=1)
+
+
+def trim_padding(inputs: Mapping[str, Any], decoder_labels: bool, length: Optional[int] = None) -> dict[str, Any]:
     """Drop the trailing padding columns that none of the (selected) rows uses.
 
     Encoder side: columns past the last one with `attention_mask != 0` (or a token label, for
     token-level heads) in any row, cut from every tensor shaped like the attention mask. Decoder
     side (`decoder_labels=True`, seq2seq models): columns past the last valid label or decoder
     attention, cut from the labels and decoder inputs. Only trailing columns are cut, so positions
-    of the kept tokens do not change.
+    of the kept tokens do not change. `length`: the encoder side's used length, known already (from
+    `used_lengths`, copied to the host with the ranking): no host synchronisation to find it.
     """
     trimmed = dict(inputs)
     decoder_keys = [k for k in DECODER_KEYS if k in trimmed and isinstance(trimmed[k], torch.Tensor)
@@ -48,7 +63,8 @@ def trim_padding(inputs: Mapping[str, Any], decoder_labels: bool) -> dict[str, A
         labels = trimmed.get("labels")
         if not decoder_labels and isinstance(labels, torch.Tensor) and labels.shape == mask.shape:
             used = used | labels.ne(-100)
-        length = _used_length(used)
+        if length is None or decoder_labels:
+            length = _used_length(used)
         if length < mask.shape[-1]:
             keys = [k for k, v in trimmed.items() if k not in decoder_keys and isinstance(v, torch.Tensor)
                     and v.dim() >= mask.dim() and v.shape[: mask.dim()] == mask.shape]

@@ -29,7 +29,7 @@ class StepStatistics:
         self.steps, self.kept, self.norm_steps, self.norm = 0, 0, 0, 0.0
         self.micro_batches, self.perturbed = 0, 0
         self.kept_loss = torch.zeros(())
-        self.confidence_steps, self.confidence = 0, torch.zeros(())
+        self.confidence, self.confidence_items = torch.zeros(()), torch.zeros(())
         self.watched_steps, self.watched_kept, self.watched_batch = 0, 0.0, 0.0
 
     def add_step(self, perturbed: bool) -> None:
@@ -60,11 +60,13 @@ class StepStatistics:
         else:
             self.skipped += 1
 
-    def add_confidence(self, confidence: Optional[torch.Tensor]) -> None:
-        """The batch's mean top-class probability (None: not a single-label classifier)."""
+    def add_confidence(self, confidence: Optional[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """The batch's top-class probabilities, summed over its labelled examples, and their number
+        (None: not a single-label classifier); kept on the device until logged."""
         if confidence is not None:
-            self.confidence_steps += 1
-            self.confidence = self.confidence.to(confidence.device) + confidence.float()
+            total, items = confidence
+            self.confidence = self.confidence.to(total.device) + total.float()
+            self.confidence_items = self.confidence_items.to(items.device) + items.float()
 
     def add_watched(self, kept: float, batch: float) -> None:
         """One selection's mean of the watched column over the kept examples, and over the batch."""
@@ -83,8 +85,8 @@ class StepStatistics:
             logs["sam_kept_loss"] = round(float(self.kept_loss) / self.steps, 4)
         if self.norm_steps:
             logs["sam_ascent_grad_norm"] = round(self.norm / self.norm_steps, 4)
-        if self.confidence_steps:
-            logs["sam_mean_max_prob"] = round(float(self.confidence) / self.confidence_steps, 4)
+        if float(self.confidence_items):
+            logs["sam_mean_max_prob"] = round(float(self.confidence) / float(self.confidence_items), 4)
         if self.watched_steps:
             logs[f"sam_kept_{self.watch_column}"] = round(self.watched_kept / self.watched_steps, 4)
             logs[f"sam_batch_{self.watch_column}"] = round(self.watched_batch / self.watched_steps, 4)

@@ -28,7 +28,7 @@ from .config import KSAMConfig, KSAMSeq2SeqConfig
 from .per_example_loss import (TOKEN_LEVEL_HEADS, PerExampleLoss, head_kind, label_counts, label_keys,
                                mean_max_probability, per_example_loss_for)
 from .packing import is_packed, per_sequence_losses, repack, sequence_count, sequence_label_counts
-from .rows import select_rows, trim_padding
+from .rows import select_rows, trim_padding, used_lengths
 from .perturbation import Perturbation, StepContext
 from .lora_sam import CHECKPOINT_FILE, BiLoRA, FlatLoRA, LoraSam, lora_layers
 from .rules import PLAIN_STEP, STEP_MODES, StepRule, step_rule
@@ -87,6 +87,7 @@ class SharpnessAwareStepMixin:
                                     self.args.sam_start_fraction, self.args.seed)
         self._micro_batch = 0  # index of the micro-batch within the optimizer step
         self._group: Optional[int] = None  # m-SAM: index of the group within the micro-batch
+        self._row_lengths: Optional[torch.Tensor] = None  # the rows' used lengths, on the host (`_to_host`)
         self._check_sam_setup()
         self.lora_sam: Optional[LoraSam] = self._lora_sam() if STEP_MODES[self.args.sam_mode].lora else None
         if self.model is not None:
@@ -248,7 +249,7 @@ class SharpnessAwareStepMixin:
                    last: bool) -> torch.Tensor:
         """Rank, select, ascend and descend on these rows (the micro-batch, or one group of it);
         `last`: the descent that ends the micro-batch."""
-        ranked = None
+        ranked, self._row_lengths = None, None
         if rule.needs_ranking:
             with record_function("ksam/rank"):
                 ranked = self.rank_batch(model, inputs)
@@ -311,7 +312,7 @@ class SharpnessAwareStepMixin:
                 model.reshard()
         self.sam_statistics.add_confidence(
             mean_max_probability(outputs, counts) if self._is_single_label(inputs) else None)
-        sums, counts = sums.detach().float().cpu(), counts.detach().float().cpu()
+        sums, counts = self._to_host(sums.detach().float(), counts.detach().float(), inputs=inputs)
         return RankedBatch(Ranking(sums / counts.clamp_min(1), counts),
                            sums.sum() / counts.sum().clamp_min(1))
 
@@ -390,7 +391,23 @@ class SharpnessAwareStepMixin:
             counts = label_counts(inputs, self._head)
         if counts is None:
             counts = torch.ones(self._batch_size(inputs, None))
+        (counts,) = self._to_host(counts.float(), inputs=inputs)
         return Ranking(torch.zeros_like(counts), counts)
+
+    def _to_host(self, *values: torch.Tensor, inputs: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        """`values` (one number per example) on the host in one copy, with each row's used length
+        where the padding cut can use it (kept in `_row_lengths` for `_rows`): one synchronisation."""
+        lengths = None
+        if self._head in PADDING_AGNOSTIC_HEADS and not self._user_loss and self._head != "seq2seq_lm" \
+                and not is_packed(inputs):
+            lengths = used_lengths(inputs)
+        if lengths is not None and lengths.shape[0] != values[0].shape[0]:
+            lengths = None
+        stacked = torch.stack([v.to(values[0].device) for v in values]
+                              + ([lengths.to(values[0].device, values[0].dtype)] if lengths is not None else []))
+        host = stacked.cpu()
+        self._row_lengths = host[-1].long() if lengths is not None else None
+        return tuple(host[: len(values)])
 
     @staticmethod
     def _batch_size(inputs: dict[str, Any], ranked: Optional[RankedBatch]) -> int:
@@ -418,7 +435,9 @@ class SharpnessAwareStepMixin:
             return inputs
         rows = select_rows(inputs, indices, batch_size)
         if self._head in PADDING_AGNOSTIC_HEADS and not self._user_loss:
-            rows = trim_padding(rows, decoder_labels=self._head == "seq2seq_lm")
+            known = None if self._row_lengths is None or self._row_lengths.numel() != batch_size else \
+                int(self._row_lengths[indices.cpu()].max())
+            rows = trim_padding(rows, decoder_labels=self._head == "seq2seq_lm", length=known)
         return rows
 
     def _ascend(self, model: nn.Module, rows: dict[str, Any], whole_batch: bool = False) -> Perturbation:
@@ -464,14 +483,16 @@ class SharpnessAwareStepMixin:
             loss_sum = sums.sum()
         else:
             loss_sum = (sums * selected.descent_weights.to(sums.device)).sum()
-        items = float(counts.sum()) if selected.descent_items is None else selected.descent_items
+        # Item counts stay on the device (float64, as Python's floats were): no host synchronisation.
+        items = counts.detach().sum(dtype=torch.float64) if selected.descent_items is None else \
+            torch.tensor(selected.descent_items, dtype=torch.float64, device=counts.device)
         previous = self._accumulated_items
         total = previous + items
-        if previous > 0 and total > 0:
+        if torch.is_tensor(previous):  # earlier micro-batches' gradients: rescaled to the running mean
             existing = [p.grad for p in model.parameters() if p.grad is not None]
             if existing:
-                torch._foreach_mul_(existing, previous / total)
-        self.accelerator.backward(loss_sum / max(total, 1.0))
+                torch._foreach_mul_(existing, (previous / total.clamp_min(1e-300)).to(existing[0].dtype))
+        self.accelerator.backward(loss_sum / total.clamp_min(1.0).to(loss_sum.dtype))
         if finish:
             self._finish_micro_batch(items)
         else:
