@@ -127,3 +127,20 @@ def test_lora_step_time_times_every_lora_mode_paired(tmp_path, restore_threads):
     assert all(math.isfinite(row["median_ms"]) and row["median_ms"] > 0 for row in rows.values())
     assert (rows["lora_sam"]["passes"], rows["bi_lora"]["passes"]) == (2, 1)
     assert json.loads((tmp_path / "lora.json").read_text())["rows"] == result["rows"]
+
+
+def test_the_bound_table_prices_passes_by_rows_and_reads_each_files_ratios(tmp_path):
+    from benchmarks.bound_table import PASS_BOUNDS, table
+
+    assert PASS_BOUNDS["ksam@0.25"][1] == pytest.approx(1 / 3 + 0.5)  # rank + ascent and descent on a quarter
+    assert PASS_BOUNDS["ksam@0.25+top_k_ascent"][1] == pytest.approx(1 / 3 + 0.25 + 1)
+    data = {"args": {"model": "m", "batch_size": 32, "seq_len": 128, "device": "cpu"}, "machine": {"cpu_model": "X"},
+            "rows": [{"method": "adamw", "median_ms": 100.0, "bound_ms": 95.0, "paired_ratio_to_adamw": 1.0,
+                      "measured_over_bound": 100 / 95},
+                     {"method": "sam", "median_ms": 210.0, "bound_ms": 200.0, "paired_ratio_to_adamw": 2.1,
+                      "measured_over_bound": 1.05}]}
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(data))
+    lines = table([path])
+    assert "| `sam` | 2 over the batch | 2.00 | 2.10 | 2.00 | 1.05 |" in lines
+    assert "| `momentum` | 1 (e from the optimizer's moment) | 1.00 | — | — | — |" in lines
