@@ -122,3 +122,28 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         pass
     return info
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`random-minilm --config DIR --out DIR`: a randomly initialised model of MiniLM's shape (its
+    config and tokenizer from DIR), saved to `--out`: what a GPU session times when the pretrained
+    weights cannot travel (random weights of the same shape take the same time)."""
+    import argparse
+
+    from transformers import BertConfig, BertForSequenceClassification
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.common", description=main.__doc__.split("\n\n")[0])
+    parser.add_argument("verb", choices=["random-minilm"])
+    parser.add_argument("--config", type=Path, required=True, help="a folder with MiniLM's config.json and tokenizer")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    BertForSequenceClassification(BertConfig.from_pretrained(args.config, num_labels=2)).save_pretrained(args.out)
+    for path in args.config.iterdir():
+        if path.name != "config.json" and path.suffix in (".json", ".txt"):
+            (args.out / path.name).write_bytes(path.read_bytes())
+    print(f"a random model of {args.config}'s shape in {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -94,6 +94,7 @@ class TrainerSettings:
     batch_size: int
     use_cpu: bool
     output_dir: str
+    bf16: bool = False  # bf16 autocast (mixed precision, as --bf16 in a Trainer run), the bounds too
 
 
 def make_trainer(method: Method, model: torch.nn.Module, settings: TrainerSettings) -> KSAMTrainer:
@@ -108,7 +109,8 @@ def make_trainer(method: Method, model: torch.nn.Module, settings: TrainerSettin
     config = config_class(output_dir=settings.output_dir, sam_mode=method.mode, sam_rho=settings.rho,
                           max_grad_norm=MAX_GRAD_NORM, use_cpu=settings.use_cpu, report_to="none",
                           seed=settings.seed, per_device_train_batch_size=settings.batch_size,
-                          save_strategy="no", logging_strategy="no", disable_tqdm=True, **k, **method.options)
+                          save_strategy="no", logging_strategy="no", disable_tqdm=True, bf16=settings.bf16,
+                          **k, **method.options)
     trainer = trainer_class(model=model, args=config)
     trainer.create_optimizer()
     return trainer
@@ -222,6 +224,14 @@ class BoundRunner:
         return trim_padding(select_rows(batch, indices, batch["labels"].shape[0]), decoder_labels=False)
 
     def step(self, batch: Batch) -> None:
+        bf16 = self.method.trainer.args.bf16
+        with torch.autocast(self.params[0].device.type, dtype=torch.bfloat16, enabled=bf16):
+            self._passes(batch)
+        torch.nn.utils.clip_grad_norm_(self.params, MAX_GRAD_NORM)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _passes(self, batch: Batch) -> None:
         self.model.train()
         ascent_rows = descent_rows = without_ids(batch)
         self.steps += 1
@@ -246,9 +256,6 @@ class BoundRunner:
                 grads = torch.autograd.grad(self._loss(ascent_rows), self.params)
                 del grads
                 self._loss(descent_rows).backward()
-        torch.nn.utils.clip_grad_norm_(self.params, MAX_GRAD_NORM)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
 
 
 def build_runners(methods: list[Method], base: torch.nn.Module, device: torch.device, settings: TrainerSettings,

@@ -101,6 +101,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--group-sizes", type=int, nargs="*", default=[],
                    help="also time m-SAM (SAM with sam_group_size m: one perturbation per group of m examples) "
                         "for each m, e.g. 1 4 8")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: mixed precision (bf16 autocast, fp32 weights), methods and bounds alike; on a CPU "
+                        "only where it has AVX-512 bf16 or AMX (read lscpu's flags first)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--rho", type=float, default=0.05)
@@ -190,7 +193,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda", torch.cuda.current_device()) if args.device == "cuda" else torch.device("cpu")
     stem = args.tag or (f"step_time_{args.model}{args.layers if args.model == 'bert-base-shaped' else ''}"
-                        f"_{args.inputs}_{args.device}")
+                        f"_{args.inputs}{'_bf16' if args.dtype == 'bf16' else ''}_{args.device}")
     profiled = [f"ksam@{args.profile_k:g}", "adamw"] if args.profile else []
     paths = report.output_paths(args.output_dir, stem, profiled)
     if not args.overwrite:
@@ -208,7 +211,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="ksam_bench_") as trainer_dir:
         settings = TrainerSettings(rho=args.rho, seed=args.seed, batch_size=args.batch_size,
-                                   use_cpu=args.device == "cpu", output_dir=trainer_dir)
+                                   use_cpu=args.device == "cpu", output_dir=trainer_dir, bf16=args.dtype == "bf16")
         timed = methods_to_time(args.ks, args.variants, tuple(args.cheap_rules)) + group_methods(args.group_sizes)
         methods, bounds = build_runners(timed, base, device, settings, batches, with_bounds=not args.no_bound)
         del base
@@ -223,7 +226,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
 
     rows, targets = report.summarise(methods, times, faults, peaks, param_bytes, args.batch_size)
     title = (f"{args.model}{f' ({args.layers} layers)' if args.model == 'bert-base-shaped' else ''}, "
-             f"{args.inputs} {args.batch_size}x{args.seq_len}, {device.type}, {torch.get_num_threads()} threads")
+             f"{args.inputs} {args.batch_size}x{args.seq_len}, {args.dtype}, {device.type}, "
+             f"{torch.get_num_threads()} threads")
     print(f"\n{title}; median of {args.steps} interleaved steps after {args.warmup} warm-up rounds\n"
           f"{report.format_table(rows)}")
     print(f"SAM vector maths per step (all {param_bytes / MIB:.0f} MiB of parameters): ksam_hf.sharpness "

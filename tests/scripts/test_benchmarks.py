@@ -144,3 +144,29 @@ def test_the_bound_table_prices_passes_by_rows_and_reads_each_files_ratios(tmp_p
     lines = table([path])
     assert "| `sam` | 2 over the batch | 2.00 | 2.10 | 2.00 | 1.05 |" in lines
     assert "| `momentum` | 1 (e from the optimizer's moment) | 1.00 | — | — | — |" in lines
+
+
+def test_step_time_in_bf16_times_methods_and_bounds_under_autocast(tmp_path, restore_threads):
+    """`--dtype bf16`: every trainer runs with `bf16=True` and the bounds under the same autocast;
+    m-SAM's groups (`--group-sizes`) are timed beside them."""
+    result = step_time.main(["--model", "tiny", "--inputs", "fixed", "--batch-size", "8", "--seq-len", "16",
+                             "--ks", "0.25", "--variants", "--cheap-rules", "--group-sizes", "2", "--steps", "1",
+                             "--warmup", "0", "--dtype", "bf16", "--output-dir", str(tmp_path), "--quiet"])
+    assert [row["method"] for row in result["rows"]] == ["adamw", "sam", "ksam@0.25", "sam_m2"]
+    assert result["args"]["dtype"] == "bf16" and (tmp_path / "step_time_tiny_fixed_bf16_cpu.json").is_file()
+    assert all(math.isfinite(row["median_ms"]) and row["median_ms"] > 0 for row in result["rows"])
+
+
+def test_a_random_model_of_minilms_shape_for_a_gpu_session(tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from benchmarks.common import main
+
+    (tmp_path / "cfg").mkdir()
+    BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+               intermediate_size=32).save_pretrained(tmp_path / "cfg")
+    (tmp_path / "cfg" / "vocab.txt").write_text("[PAD]\n")
+    main(["random-minilm", "--config", str(tmp_path / "cfg"), "--out", str(tmp_path / "out")])
+    model = BertForSequenceClassification.from_pretrained(tmp_path / "out")
+    assert model.config.hidden_size == 16 and model.config.num_labels == 2
+    assert (tmp_path / "out" / "vocab.txt").read_text() == "[PAD]\n"
