@@ -1,4 +1,5 @@
-"""Step time of the LoRA modes on a causal LM: LoRA AdamW, LoRA-SAM, Bi-LoRA and Flat-LoRA, paired.
+"""Step time of every rule on a causal LM fine-tuned with LoRA: the LoRA modes (LoRA AdamW, LoRA-SAM,
+Bi-LoRA, Flat-LoRA) and, with `--rules all`, K-SAM's rules, Momentum-SAM and the control, paired.
 
 Each runner is a `KSAMTrainer` over its own copy of one PEFT LoRA model (r 16 on the attention and
 MLP projections, random weights: nothing is downloaded) and runs one optimizer step as the Trainer's
@@ -9,8 +10,14 @@ by round (`benchmarks.measure.run_rounds`); the figure is the median over the ti
 step over LoRA AdamW's in the same round. Passes: LoRA AdamW, Bi-LoRA and Flat-LoRA one forward and
 backward, LoRA-SAM two; Bi-LoRA and Flat-LoRA's bound is thus LoRA AdamW's step.
 
-    python -m benchmarks.lora_step_time --shape cpu-small                  # a 4-layer Llama, 4 x 256 tokens
-    python -m benchmarks.lora_step_time --shape qwen2-0.5b --device cuda   # Qwen2-0.5B's shape, bf16, 4 x 2048
+`--packed`: each row packs sequences of 64 to 512 tokens (`position_ids` restarting at 0, no
+attention mask: the padding-free layout of TRL's SFT with packing), so that K-SAM ranks and keeps
+sequences inside the rows. Beside each figure: its pass bound (`benchmarks.bound_table`'s pricing,
+a pass in proportion to its rows: the ranking a third of a forward and backward).
+
+    python -m benchmarks.lora_step_time --shape cpu-small                  # a 4-layer Qwen2, 4 x 256 tokens
+    python -m benchmarks.lora_step_time --shape cpu-small --rules all --packed
+    python -m benchmarks.lora_step_time --shape qwen2-0.5b --device cuda --rules all --packed   # 0.5B, bf16, 4 x 2048
 """
 
 from __future__ import annotations
@@ -40,7 +47,18 @@ SHAPES = {
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 METHODS = {"lora_adamw": dict(sam_mode="none"), "lora_sam": dict(sam_mode="sam", sam_rho=0.05),
            "bi_lora": dict(sam_mode="bi_lora", sam_rho=0.05), "flat_lora": dict(sam_mode="flat_lora", sam_rho=0.05)}
-PASSES = {"lora_adamw": 1, "lora_sam": 2, "bi_lora": 1, "flat_lora": 1}
+OTHER_RULES = {
+    "top_k_ascent": dict(sam_mode="ksam", ksam_selection="top_k_ascent", ksam_k=0.25, sam_rho=0.05),
+    "loss_sampled": dict(sam_mode="ksam", ksam_selection="loss_sampled", ksam_k=0.25, sam_rho=0.05),
+    "top_k": dict(sam_mode="ksam", ksam_selection="top_k", ksam_k=0.25, sam_rho=0.05),
+    "random_ascent": dict(sam_mode="ksam", ksam_selection="random_ascent", ksam_k=0.25, sam_rho=0.05),
+    "momentum": dict(sam_mode="momentum", sam_rho=0.05),
+    "random_direction": dict(sam_mode="random_direction", sam_rho=0.05),
+}
+PASSES = {"lora_adamw": 1.0, "lora_sam": 2.0, "bi_lora": 1.0, "flat_lora": 1.0, "top_k_ascent": 1 / 3 + 0.25 + 1,
+          "loss_sampled": 1 / 3 + 0.5, "top_k": 1 / 3 + 0.5, "random_ascent": 1.25, "momentum": 1.0,
+          "random_direction": 1.0}
+"""The pass bound, in LoRA AdamW's steps: a pass priced in proportion to its rows (sequences)."""
 
 
 def build(shape: str, device: torch.device, seed: int = 0) -> torch.nn.Module:
@@ -62,7 +80,7 @@ class Runner:
 
         self.name = name
         args = KSAMConfig(output_dir=output_dir, use_cpu=use_cpu, bf16=bf16, report_to="none", save_strategy="no",
-                          max_grad_norm=1.0, learning_rate=1e-4, **METHODS[name])
+                          max_grad_norm=1.0, learning_rate=1e-4, **{**METHODS, **OTHER_RULES}[name])
         self.trainer = KSAMTrainer(model=model, args=args)
         self.trainer.create_optimizer()
         self.trainer.state.global_step, self.trainer.state.max_steps = 500, 1000  # sigma_t = sigma / 2 for Flat-LoRA
@@ -83,6 +101,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.lora_step_time", description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", choices=list(SHAPES), default="cpu-small")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--rules", choices=["lora", "all"], default="lora",
+                        help="lora: the four LoRA modes; all: also K-SAM's rules, Momentum-SAM and the control")
+    parser.add_argument("--packed", action="store_true", help="rows of packed sequences (padding-free, as SFT packs)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--output", type=Path, default=REPO / "runs" / "benchmarks" / "lora_step_time.json")
@@ -93,25 +114,40 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(1)
     batches = []
     for _ in range(4):
-        ids = torch.randint(10, base.config.vocab_size, (batch_size, seq_len), generator=generator).to(device)
-        batches.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()})
+        ids = torch.randint(10, base.config.vocab_size, (batch_size, seq_len), generator=generator)
+        if args.packed:  # sequences of 64-512 tokens end to end in each row, positions restarting at 0
+            positions = torch.empty_like(ids)
+            for row in range(batch_size):
+                start = 0
+                while start < seq_len:
+                    length = min(int(torch.randint(64, 513, (), generator=generator)), seq_len - start)
+                    positions[row, start:start + length] = torch.arange(length)
+                    start += length
+            batches.append({"input_ids": ids.to(device), "position_ids": positions.to(device),
+                            "labels": ids.clone().to(device)})
+        else:
+            ids = ids.to(device)
+            batches.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()})
     started = _dt.datetime.now(_dt.timezone.utc)
     with tempfile.TemporaryDirectory(prefix="ksam_lora_bench_") as folder:
+        names = list(METHODS) + (list(OTHER_RULES) if args.rules == "all" else [])
         runners = [Runner(name, copy.deepcopy(base), folder, use_cpu=device.type == "cpu",
-                          bf16=dtype == torch.bfloat16) for name in METHODS]
+                          bf16=dtype == torch.bfloat16) for name in names]
         times, _ = measure.run_rounds(runners, batches, args.warmup, args.steps, device, lambda line: print(line, flush=True))
     ratios = paired_ratios(times, baseline="lora_adamw")
     rows = [{"method": name, "median_ms": 1e3 * median(times[name]), "paired_ratio_to_lora_adamw": ratios[name][0],
-             "passes": PASSES[name], "bound_ratio": PASSES[name] / PASSES["lora_adamw"]} for name in METHODS]
+             "pass_bound": PASSES[name],
+             "overhead_ms": 1e3 * (median(times[name]) - PASSES[name] * median(times["lora_adamw"]))} for name in names]
     trainable = sum(p.numel() for p in base.parameters() if p.requires_grad)
     title = (f"{args.shape}: {sum(p.numel() for p in base.parameters()) / 1e6:.0f}M parameters "
              f"({trainable / 1e6:.1f}M LoRA r16 on {', '.join(TARGETS)}), {batch_size} x {seq_len} tokens, "
-             f"{str(dtype).split('.')[-1]}, {device.type}; median of {args.steps} interleaved steps")
+             f"{str(dtype).split('.')[-1]}{', packed sequences' if args.packed else ''}, {device.type}; "
+             f"median of {args.steps} interleaved steps")
     print(title)
-    print("method       median ms   x LoRA AdamW (paired)   passes   bound x")
+    print("method             median ms   x LoRA AdamW (paired)   pass bound x   overhead ms (step - bound x AdamW's)")
     for row in rows:
-        print(f"{row['method']:<12} {row['median_ms']:>9.1f}   {row['paired_ratio_to_lora_adamw']:>21.3f}   "
-              f"{row['passes']:>6}   {row['bound_ratio']:>7.2f}")
+        print(f"{row['method']:<18} {row['median_ms']:>9.1f}   {row['paired_ratio_to_lora_adamw']:>21.3f}   "
+              f"{row['pass_bound']:>12.2f}   {row['overhead_ms']:>10.1f}")
     result = {"benchmark": "benchmarks.lora_step_time", "started_utc": started.isoformat(timespec="seconds"),
               "command": "python -m benchmarks.lora_step_time " + " ".join(sys.argv[1:] if argv is None else argv),
               "title": title, "machine": machine_info(device), "rows": rows, "step_times_s": times}

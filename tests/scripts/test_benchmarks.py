@@ -125,7 +125,7 @@ def test_lora_step_time_times_every_lora_mode_paired(tmp_path, restore_threads):
     assert set(rows) == {"lora_adamw", "lora_sam", "bi_lora", "flat_lora"}
     assert rows["lora_adamw"]["paired_ratio_to_lora_adamw"] == 1.0
     assert all(math.isfinite(row["median_ms"]) and row["median_ms"] > 0 for row in rows.values())
-    assert (rows["lora_sam"]["passes"], rows["bi_lora"]["passes"]) == (2, 1)
+    assert (rows["lora_sam"]["pass_bound"], rows["bi_lora"]["pass_bound"]) == (2, 1)
     assert json.loads((tmp_path / "lora.json").read_text())["rows"] == result["rows"]
 
 
@@ -170,3 +170,16 @@ def test_a_random_model_of_minilms_shape_for_a_gpu_session(tmp_path):
     model = BertForSequenceClassification.from_pretrained(tmp_path / "out")
     assert model.config.hidden_size == 16 and model.config.num_labels == 2
     assert (tmp_path / "out" / "vocab.txt").read_text() == "[PAD]\n"
+
+
+@pytest.mark.slow
+def test_lora_step_time_of_every_rule_on_packed_rows(tmp_path, restore_threads):
+    from benchmarks import lora_step_time
+
+    torch.set_num_threads(1)
+    result = lora_step_time.main(["--shape", "cpu-small", "--rules", "all", "--packed", "--steps", "1", "--warmup",
+                                  "0", "--output", str(tmp_path / "llm.json")])
+    rows = {row["method"]: row for row in result["rows"]}
+    assert set(rows) == set(lora_step_time.METHODS) | set(lora_step_time.OTHER_RULES)
+    assert rows["top_k_ascent"]["pass_bound"] == pytest.approx(1 / 3 + 0.25 + 1)
+    assert all(math.isfinite(row["median_ms"]) and row["median_ms"] > 0 for row in rows.values())
