@@ -62,8 +62,7 @@ from glue_scripts.training_split import (flip_labels, parse_row_range, seeded_sa
 from glue_scripts.run_safety import (InputError, RunSettingsRecorder, input_errors, plain,  # noqa: E402
                                      prepare_output_dir, write_json_atomic)
 from ksam_hf import KSAMConfig, KSAMTrainer  # noqa: E402
-from ksam_hf.compression import (NOISE_DRAWS, NOISE_SIZES, PRUNE_SHARES, add_relative_noise_,  # noqa: E402
-                                 encoder_linears, prune_global_magnitude_, quantized_int8, saved_weights)
+from ksam_hf.compression import compressed_scores  # noqa: E402
 from ksam_hf.config import validate_sam_fields  # noqa: E402
 from ksam_hf.rules import PERTURBING_MODES  # noqa: E402
 
@@ -71,7 +70,7 @@ logger = logging.getLogger(__name__)
 
 PLAIN_OPTIMIZERS = {"adamw": "adamw_torch", "sgd": "sgd"}
 """`--optimizer` values that train with the stock Trainer step, and the `--optim` each means."""
-OPTIMIZERS: dict[str, str] = {**{name: "none" for name in PLAIN_OPTIMIZERS}, **{mode: mode for mode in PERTURBING_MODES}}
+OPTIMIZERS: dict[str, str] = {**dict.fromkeys(PLAIN_OPTIMIZERS, "none"), **{mode: mode for mode in PERTURBING_MODES}}
 """`--optimizer` -> `sam_mode`, from the library's registry of step modes. adamw and sgd are the plain
 Trainer step with that optimizer; the others wrap the base optimizer of `--optim` (AdamW unless given)."""
 DEFAULT_OPTIM = {**PLAIN_OPTIMIZERS, **{mode: "adamw_torch" for mode in PERTURBING_MODES}}
@@ -156,20 +155,18 @@ class DataTrainingArguments:
                           "--seed), their labels noised at --label_noise's rate as the training rows' are; score it "
                           "every --early_stopping_every epochs and keep the best model by it: the dev and held-out "
                           "scores are the best model's, `last_*` the last one's."})
-    early_stopping_every: float = field(
-        default=0.5, metadata={"help": "Epochs between two evaluations on the early-stopping split."})
+    early_stopping_every: float = field(default=0.5, metadata={"help": "Epochs between two scorings of that split."})
     eval_compressed: bool = field(
         default=False,
         metadata={"help": "Also score the held-out block (else the dev set) after dynamic int8 quantization, global "
-                          "magnitude pruning of the encoder's Linear weights (30, 50, 70 percent) and Gaussian weight noise of "
+                          "magnitude pruning of the encoder's Linear weights (30, 50, 70 percent) and Gaussian noise of "
                           "relative size 0.01/0.02/0.05 (mean of 5 seeded draws), each also as a drop."})
     lora_r: Optional[int] = field(
         default=None,
         metadata={"help": "Train LoRA adapters of this rank (PEFT, `ksam-hf[trl]`) instead of the whole model; the "
                           "classification head is trained whole. Needed by --optimizer bi_lora / flat_lora."})
     lora_alpha: Optional[float] = field(default=None, metadata={"help": "LoRA's alpha (default: 2 x --lora_r)."})
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["query", "value"], metadata={"help": "The modules LoRA adapts (BERT: query value)."})
+    lora_target_modules: list[str] = field(default_factory=lambda: ["query", "value"], metadata={"help": "Its modules."})
     save_weights: bool = field(
         default=True,
         metadata={"help": "Save the trained model in --output_dir (False: only logs, metrics and the trainer "
@@ -252,9 +249,8 @@ class StepTimer(TrainerCallback):
 
 
 class BestWeights(TrainerCallback):
-    """A CPU copy of the model's weights at its best score on the early-stopping split (`key`, higher
-    or lower is better), with the step and epoch it was reached at: early stopping without a
-    checkpoint on disk."""
+    """A CPU copy of the weights at the best score on the early-stopping split (`key`; `higher` is
+    better, or lower), with its step and epoch: early stopping without a checkpoint on disk."""
 
     def __init__(self, key: str, higher: bool) -> None:
         self.key, self.higher = key, higher
@@ -275,12 +271,10 @@ class BestWeights(TrainerCallback):
                 "early_stopping_best_step": self.step, "early_stopping_best_epoch": self.epoch}
 
 
-def compressed_scores(trainer: KSAMTrainer, dataset: datasets.Dataset, split: str, seed: int,
-                      base: dict[str, float]) -> dict[str, float]:
-    """The split's metrics after each compression of the trained model (`ksam_hf.compression`), as
-    `{split}_{variant}_{metric}`, and the drop from the model's own score (`base`), as
-    `{split}_{variant}_drop_{metric}`. The model's weights are unchanged afterwards."""
-    model = trainer.model
+def compression_results(trainer: KSAMTrainer, dataset: datasets.Dataset, split: str, seed: int,
+                        base: dict[str, float]) -> dict[str, float]:
+    """The split's metrics after each compression (`ksam_hf.compression`), `{split}_{variant}_{metric}`,
+    and the drop from the model's own score (`base`), `{split}_{variant}_drop_{metric}`."""
     loader = trainer.get_eval_dataloader(dataset)
 
     def metrics_of(evaluated: torch.nn.Module) -> dict[str, float]:
@@ -294,21 +288,8 @@ def compressed_scores(trainer: KSAMTrainer, dataset: datasets.Dataset, split: st
                 logits.append(evaluated(**batch).logits.float().cpu())
         return trainer.compute_metrics(EvalPrediction(torch.cat(logits).numpy(), torch.cat(labels).numpy()))
 
-    variants = {"int8": metrics_of(quantized_int8(model))}
-    layers = encoder_linears(model)
-    for share in PRUNE_SHARES:
-        with saved_weights(layers):
-            prune_global_magnitude_(layers, share)
-            variants[f"prune{round(100 * share)}"] = metrics_of(model)
-    for size in NOISE_SIZES:
-        draws = []
-        for draw in range(NOISE_DRAWS):
-            with saved_weights(layers):
-                add_relative_noise_(layers, size, seed=seed * 1000 + draw)
-                draws.append(metrics_of(model))
-        variants[f"noise{size:g}"] = {name: float(np.mean([d[name] for d in draws])) for name in draws[0]}
     results = {}
-    for variant, metrics in variants.items():
+    for variant, metrics in compressed_scores(trainer.model, metrics_of, seed).items():
         for name, value in metrics.items():
             results[f"{split}_{variant}_{name}"] = value
             if f"{split}_{name}" in base:
@@ -773,8 +754,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         combined.update(evaluate_all())
         if data_args.eval_compressed:
             split = "heldout" if "heldout" in processed else "eval"
-            combined.update(compressed_scores(trainer, processed["heldout" if split == "heldout" else eval_names[0]],
-                                              split, training_args.seed, combined))
+            combined.update(compression_results(trainer, processed["heldout" if split == "heldout" else eval_names[0]],
+                                                split, training_args.seed, combined))
         trainer.save_metrics("eval", combined)
 
     if training_args.do_predict:

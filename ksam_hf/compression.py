@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import warnings
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -84,3 +84,24 @@ def add_relative_noise_(layers: list[nn.Linear], size: float, seed: int) -> None
         z = torch.randn(layer.weight.shape, generator=torch.Generator().manual_seed(key))
         noise = size * layer.weight.detach().float().norm() * z / z.norm()
         layer.weight.add_(noise.to(layer.weight.device, layer.weight.dtype))
+
+
+def compressed_scores(model: nn.Module, evaluate: Callable[[nn.Module], dict[str, float]],
+                      seed: int) -> dict[str, dict[str, float]]:
+    """Variant -> `evaluate`'s metrics of the model after each compression: `int8`, `prune30`,
+    `prune50`, `prune70`, `noise0.01`, `noise0.02`, `noise0.05` (the mean over `NOISE_DRAWS` seeded
+    draws). The model's weights are what they were afterwards, bit for bit."""
+    variants = {"int8": evaluate(quantized_int8(model))}
+    layers = encoder_linears(model)
+    for share in PRUNE_SHARES:
+        with saved_weights(layers):
+            prune_global_magnitude_(layers, share)
+            variants[f"prune{round(100 * share)}"] = evaluate(model)
+    for size in NOISE_SIZES:
+        draws = []
+        for draw in range(NOISE_DRAWS):
+            with saved_weights(layers):
+                add_relative_noise_(layers, size, seed=seed * 1000 + draw)
+                draws.append(evaluate(model))
+        variants[f"noise{size:g}"] = {name: float(np.mean([d[name] for d in draws])) for name in draws[0]}
+    return variants
