@@ -210,6 +210,7 @@ class SharpnessAwareStepMixin:
         inputs = self._with_decoder_inputs(model, self._prepare_inputs(inputs))
 
         rule = self.rule if self.schedule.perturbs(self.state.global_step, self.state.max_steps) else PLAIN_STEP
+        self._row_lengths = None  # an earlier micro-batch's lengths must never cut this one's rows
         groups = self._groups(inputs, watched) if rule.direction.needs_ascent else None
         if groups is None:
             return self._step_rows(model, inputs, rule, watched, last=True)

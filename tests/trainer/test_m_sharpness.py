@@ -96,3 +96,22 @@ def test_refused_where_there_is_no_ascent_to_split(tmp_path):
         KSAMConfig(output_dir=str(tmp_path), sam_mode="momentum", sam_group_size=4)
     with pytest.raises(ValueError, match="sam_group_size.*whole number"):
         KSAMConfig(output_dir=str(tmp_path), sam_mode="sam", sam_group_size=0)
+
+
+def test_a_micro_batch_is_cut_by_its_own_row_lengths_only(tmp_path):
+    """Lengths left by an earlier micro-batch (here: set by hand, as short as 2 tokens) must not cut
+    this one's groups: the step equals a fresh trainer's."""
+    grads = []
+    for stale in (False, True):
+        model, batch = make_case("seqcls_single", batch_size=6, seed=4)
+        batch["attention_mask"][:] = 1
+        trainer = KSAMTrainer(model=model, args=KSAMConfig(output_dir=str(tmp_path / str(stale)), report_to="none",
+                                                           use_cpu=True, sam_mode="ksam", ksam_selection="top_k_ascent",
+                                                           ksam_k=1, sam_rho=0.05, sam_group_size=3))
+        if stale:
+            trainer._row_lengths = torch.full((6,), 2)
+        model.zero_grad(set_to_none=True)
+        trainer.training_step(model, dict(batch))
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    for got, want in zip(grads[1], grads[0]):
+        assert torch.equal(got, want)
