@@ -34,6 +34,7 @@ from typing import Any, Optional
 import torch
 
 from . import measure
+from .bound_table import PASS_BOUNDS
 from .common import REPO, machine_info, median
 from .report import paired_ratios
 
@@ -55,10 +56,12 @@ OTHER_RULES = {
     "momentum": dict(sam_mode="momentum", sam_rho=0.05),
     "random_direction": dict(sam_mode="random_direction", sam_rho=0.05),
 }
-PASSES = {"lora_adamw": 1.0, "lora_sam": 2.0, "bi_lora": 1.0, "flat_lora": 1.0, "top_k_ascent": 1 / 3 + 0.25 + 1,
-          "loss_sampled": 1 / 3 + 0.5, "top_k": 1 / 3 + 0.5, "random_ascent": 1.25, "momentum": 1.0,
-          "random_direction": 1.0}
-"""The pass bound, in LoRA AdamW's steps: a pass priced in proportion to its rows (sequences)."""
+PASSES = {name: PASS_BOUNDS[rule][1] for name, rule in {
+    "lora_adamw": "adamw", "lora_sam": "sam", "bi_lora": "adamw", "flat_lora": "adamw",
+    "top_k_ascent": "ksam@0.25+top_k_ascent", "loss_sampled": "ksam@0.25", "top_k": "ksam@0.25+top_k",
+    "random_ascent": "random_ascent@0.25", "momentum": "momentum", "random_direction": "random_direction"}.items()}
+"""The pass bound, in LoRA AdamW's steps (`benchmarks.bound_table`'s pricing; Bi-LoRA and Flat-LoRA:
+one forward and backward, as LoRA AdamW's)."""
 
 
 def build(shape: str, device: torch.device, seed: int = 0) -> torch.nn.Module:

@@ -62,8 +62,12 @@ def seeded_sample(train: Dataset, count: int, seed: int) -> Dataset:
     if count > len(train):
         raise ValueError(f"--train_sample {count} is more than the {len(train)} training rows available: "
                          f"give at most {len(train)}.")
-    chosen = np.random.default_rng(seed).choice(len(train), size=count, replace=False)
-    return train.select(sorted(chosen.tolist()))
+    return train.select(drawn_rows(len(train), count, seed))
+
+
+def drawn_rows(total: int, count: int, seed: int) -> list[int]:
+    """`count` of `total` row indices drawn without replacement (numpy's PCG64 from `seed`), sorted."""
+    return sorted(np.random.default_rng(seed).choice(total, size=count, replace=False).tolist())
 
 
 def flip_labels(train: Dataset, share: float, seed: int, classes: list) -> tuple[Dataset, list[int]]:
@@ -90,6 +94,6 @@ def split_for_stopping(train: Dataset, size: float, seed: int) -> tuple[Dataset,
     if not 1 <= count < len(train):
         raise InputError(f"--early_stopping_split {size:g} holds out {count} of the {len(train)} training rows: give "
                          "a share in (0, 1) or a count that leaves rows to train on (e.g. 0.2).")
-    chosen = np.sort(np.random.Generator(np.random.PCG64(seed)).choice(len(train), size=count, replace=False))
-    rest = np.setdiff1d(np.arange(len(train)), chosen)
+    chosen = drawn_rows(len(train), count, seed)
+    rest = sorted(set(range(len(train))) - set(chosen))
     return train.select(rest), train.select(chosen)

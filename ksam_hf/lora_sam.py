@@ -18,7 +18,8 @@ back from a saved copy after it, bit for bit (a noise drawn once per step from a
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
+from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Iterator, Optional
 
 import numpy as np
@@ -49,35 +50,17 @@ def _seed(*key: int) -> int:
     return int(np.random.SeedSequence([int(k) for k in key]).generate_state(1)[0])
 
 
-class LoraSam:
-    """What both methods share: their hooks, active only inside `active()` and in training mode."""
+class LoraSam(ABC):
+    """What the trainer asks of either method: `active()` around a training micro-batch's forward and
+    backward, and the log entries."""
 
-    def __init__(self, layers: list[nn.Module]) -> None:
-        self.layers = layers
-        self._on = False
-        self._handles = [layer.register_forward_hook(self._hook(i)) for i, layer in enumerate(layers)]
+    @abstractmethod
+    def active(self) -> AbstractContextManager[None]:
+        """Inside: the method's term is part of the training forward (and backward)."""
 
-    @contextmanager
-    def active(self) -> Iterator[None]:
-        self._on = True
-        try:
-            yield
-        finally:
-            self._on = False
-
-    def _hook(self, index: int):
-        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-            if not (self._on and module.training):
-                return output
-            return output + self.extra(index, args[0])
-        return hook
-
-    def extra(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
+    @abstractmethod
+    def logs(self) -> dict[str, float]:
+        """What the trainer adds to its logs."""
 
 
 class BiLoRA(LoraSam):
@@ -101,14 +84,33 @@ class BiLoRA(LoraSam):
         self.optimizer = torch.optim.AdamW(self.parameters(), lr=lr, betas=betas, eps=eps, weight_decay=0.0,
                                            maximize=True)
         self.norm = 0.0  # ||B2 A2|| over all layers after the last clip
-        super().__init__(layers)
+        self._on = False
+        self._handles = [layer.register_forward_hook(self._hook(i)) for i, layer in enumerate(layers)]
 
     def parameters(self) -> list[nn.Parameter]:
         return self.a + self.b
 
-    def extra(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        a, b = self.a[index], self.b[index]
-        return F.linear(F.linear(x, a.to(x.dtype)), b.to(x.dtype))
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        self._on = True
+        try:
+            yield
+        finally:
+            self._on = False
+
+    def _hook(self, index: int):
+        """B2 A2 x added to layer `index`'s output, while active and in training mode only."""
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+            if not (self._on and module.training):
+                return output
+            x, a, b = args[0], self.a[index], self.b[index]
+            return output + F.linear(F.linear(x, a.to(x.dtype)), b.to(x.dtype))
+        return hook
+
+    def remove(self) -> None:
+        """Take the hooks off the model's layers."""
+        for handle in self._handles:
+            handle.remove()
 
     @torch.no_grad()
     def product_norm(self) -> float:
@@ -225,9 +227,6 @@ class FlatLoRA(LoraSam):
             with torch.no_grad():
                 for weight, original in zip(weights, saved):
                     weight.copy_(original)
-
-    def remove(self) -> None:
-        pass
 
     def logs(self) -> dict[str, float]:
         return {"flat_lora_sigma": round(self.sigma_t, 6)}

@@ -239,6 +239,8 @@ class SharpnessAwareStepMixin:
         batch_size = self._batch_size(inputs, None)
         if batch_size <= size:
             return None
+        lengths = self._padding_lengths(inputs)  # one copy to the host cuts every group's padding
+        self._row_lengths = None if lengths is None else lengths.cpu()
         groups = []
         for start in range(0, batch_size, size):
             indices = torch.arange(start, min(start + size, batch_size))
@@ -395,13 +397,17 @@ class SharpnessAwareStepMixin:
         (counts,) = self._to_host(counts.float(), inputs=inputs)
         return Ranking(torch.zeros_like(counts), counts)
 
+    def _padding_lengths(self, inputs: dict[str, Any]) -> Optional[torch.Tensor]:
+        """Each row's used length on the device, where `_rows` cuts padding by it (None elsewhere)."""
+        if self._head in PADDING_AGNOSTIC_HEADS and not self._user_loss and self._head != "seq2seq_lm" \
+                and not is_packed(inputs):
+            return used_lengths(inputs)
+        return None
+
     def _to_host(self, *values: torch.Tensor, inputs: dict[str, Any]) -> tuple[torch.Tensor, ...]:
         """`values` (one number per example) on the host in one copy, with each row's used length
         where the padding cut can use it (kept in `_row_lengths` for `_rows`): one synchronisation."""
-        lengths = None
-        if self._head in PADDING_AGNOSTIC_HEADS and not self._user_loss and self._head != "seq2seq_lm" \
-                and not is_packed(inputs):
-            lengths = used_lengths(inputs)
+        lengths = self._padding_lengths(inputs)
         if lengths is not None and lengths.shape[0] != values[0].shape[0]:
             lengths = None
         stacked = torch.stack([v.to(values[0].device) for v in values]

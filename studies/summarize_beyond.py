@@ -24,6 +24,7 @@ from typing import Optional
 from studies.methods import short_name
 from studies.rows import load_rows
 from studies.stats import difference_cell, interval
+from studies.tasks import at_uniform_predictor
 
 COMPRESSIONS = ("int8", "prune30", "prune50", "prune70", "noise0.01", "noise0.02", "noise0.05")
 PLOTTED = ("heldout", "int8", "prune50", "noise0.02")
@@ -55,17 +56,21 @@ def step_ratio(rows: list[dict], method: str, baseline: str) -> Optional[float]:
 
 def cell_lines(name: str, rows: list[dict], baseline: str, level: float) -> list[str]:
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    header = ("| arm | seeds | held-out (best) | - AdamW | last model - AdamW | "
+    header = ("| arm | seeds | at 50/50 | held-out (best) | - AdamW | last model - AdamW | "
               + " | ".join(f"{c} drop - AdamW's" for c in COMPRESSIONS) + " | step / AdamW |")
     lines = [f"### {name}", "", f"Baseline: `{baseline}`, early-stopped as every arm; intervals at "
-             f"{100 * level:.2f} % (Bonferroni over the cells).", "", header, "|---" * (6 + len(COMPRESSIONS)) + "|"]
+             f"{100 * level:.2f} % (Bonferroni over the cells). At 50/50: runs whose best or last model ends at the dev "
+             "loss of the uniform predictor (ln classes): their scores measure nothing learnt.", "", header,
+             "|---" * (7 + len(COMPRESSIONS)) + "|"]
     for method in methods:
         own = [r["heldout_score"] for r in rows if r["method"] == method and r.get("heldout_score") is not None]
         mean = f"{100 * statistics.fmean(own):.1f}" if own else "—"
         cells = [difference_cell(paired(rows, method, baseline, o), level) if method != baseline else ""
                  for o in ("heldout", "last", *COMPRESSIONS)]
         ratio = step_ratio(rows, method, baseline)
-        lines.append(f"| `{method}` | {len(own)} | {mean} | " + " | ".join(cells)
+        uniform = sum(any(at_uniform_predictor(r["task"], r["results"].get(key)) for key in ("eval_loss", "last_eval_loss"))
+                      for r in rows if r["method"] == method)
+        lines.append(f"| `{method}` | {len(own)} | {uniform or ''} | {mean} | " + " | ".join(cells)
                      + f" | {'—' if ratio is None else f'{ratio:.2f}'} |")
     return lines + [""]
 

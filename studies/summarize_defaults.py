@@ -15,9 +15,10 @@ from typing import Optional
 
 from studies.methods import selects_rows
 from studies.rows import load_rows
-from studies.tasks import input_blind_baselines
+from studies.tasks import MAIN_METRIC, input_blind_baselines
 
-METRIC = {"mrpc": "eval_combined_score", "sst2": "eval_accuracy"}
+METRIC = {task: f"eval_{MAIN_METRIC[task]}" for task in ("mrpc", "sst2")}
+"""The defaults check's tasks and the all_results key each is scored by."""
 SETTINGS = ("ksam_selection", "sam_rho", "ksam_k")
 
 

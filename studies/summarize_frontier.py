@@ -39,10 +39,9 @@ from studies.summarize_defaults import METRIC, command, variant_settings
 from studies.tasks import at_uniform_predictor
 
 CONTROL = "random_direction"
-"""The control (a random perturbation of the same radius): reported, never chosen as the default."""
-PLAIN_OPTIMIZERS = PLAIN_METHODS
-"""run_glue's optimizers without a SAM step: a cell's controls (AdamW at another learning rate or
-length) are reported beside the rules, never chosen as the default."""
+"""The control (a random perturbation of the same radius): reported, never chosen as the default.
+A plain method (`studies.methods.PLAIN_METHODS`: AdamW at another learning rate or length) is a
+cell's control too: reported beside the rules, never chosen as the default."""
 DEFAULT_COST_LIMIT = 1.1
 """Issue 29's rule: the cheapest rule whose gain is not separated from SAM's, if its step costs at most
 this many AdamW steps; otherwise, among the rules whose gain over AdamW is separated from 0, the best
@@ -162,7 +161,7 @@ def step_ratio(rows: list[dict], method: str, baseline: str) -> Optional[float]:
 def best_plain_control(rows: list[dict], baseline: str) -> Optional[str]:
     """The plain-optimizer method other than the baseline (AdamW at another learning rate or length)
     with the best mean held-out score; None where the cell has none."""
-    plain = {r["method"] for r in rows if r["settings"]["optimizer"] in PLAIN_OPTIMIZERS and r["method"] != baseline}
+    plain = {r["method"] for r in rows if r["settings"]["optimizer"] in PLAIN_METHODS and r["method"] != baseline}
     scored = [(mean([r.get("heldout_score") for r in rows if r["method"] == m]), m) for m in sorted(plain)]
     scored = [(score, m) for score, m in scored if score is not None]
     return max(scored)[1] if scored else None
@@ -191,7 +190,7 @@ def rule_rows(rows: list[dict], baseline: str, sam: str, benchmarks: list[dict[s
             mean([r["results"].get("train_mean_kept_label_flipped") for r in own]),
             sum(at_uniform_predictor(r["task"], r.get("eval_loss")) for r in own),
             mean([epochs_at_uniform(r) for r in own]),
-            own[0]["settings"]["optimizer"] not in PLAIN_OPTIMIZERS))
+            own[0]["settings"]["optimizer"] not in PLAIN_METHODS))
     return table
 
 

@@ -27,6 +27,7 @@ def test_differences_intervals_and_the_verdict(tmp_path):
     sam_drop = [-0.02, -0.03, -0.025]  # SAM loses 2-3 points less to int8
     a = [row("adamw", s, 0.70, 0.65, {"int8": 0.04}) for s in (1, 2, 3)]
     b = [row("sam@sam_rho=0.1", s, 0.70 + g, 0.66, {"int8": 0.04 + d}) for s, g, d in zip((1, 2, 3), sam_gain, sam_drop)]
+    b[0]["results"]["last_eval_loss"] = math.log(2)  # its last model at the 50/50 predictor
     write(tmp_path / "noisy", a + b)
     write(tmp_path / "clean", [row("adamw", s, 0.80, 0.80, {"int8": 0.01}) for s in (1, 2, 3)]
           + [row("sam@sam_rho=0.1", s, 0.80 + d, 0.8, {"int8": 0.01}) for s, d in zip((1, 2, 3), (0.01, -0.01, 0.0))])
@@ -40,4 +41,5 @@ def test_differences_intervals_and_the_verdict(tmp_path):
     assert "noisy: held-out score above AdamW's" in verdict and "noisy: int8 drop below AdamW's" in verdict
     assert "clean:" not in verdict  # nothing separated there
     assert "| 2.00 |" in text  # SAM's step over AdamW's
+    assert "| `sam@sam_rho=0.1` | 3 | 1 |" in text and "| `adamw` | 3 |  |" in text  # one run at ln 2
     assert (tmp_path / "beyond.png").exists()
