@@ -10,10 +10,13 @@ by round (`benchmarks.measure.run_rounds`); the figure is the median over the ti
 step over LoRA AdamW's in the same round. Passes: LoRA AdamW, Bi-LoRA and Flat-LoRA one forward and
 backward, LoRA-SAM two; Bi-LoRA and Flat-LoRA's bound is thus LoRA AdamW's step.
 
-`--packed`: each row packs sequences of 64 to 512 tokens (`position_ids` restarting at 0, no
-attention mask: the padding-free layout of TRL's SFT with packing), so that K-SAM ranks and keeps
-sequences inside the rows. Beside each figure: its pass bound (`benchmarks.bound_table`'s pricing,
-a pass in proportion to its rows: the ranking a third of a forward and backward).
+`--packed`: the micro-batch's B x T tokens are sequences of 64 to 512 tokens, flattened into one row
+by TRL's own collator (`DataCollatorForLanguageModeling(padding_free=True)`, what `SFTTrainer` with
+`packing=True` feeds the model: `position_ids` restarting at 0, no attention mask), so that K-SAM
+ranks and keeps sequences. Beside each figure: its pass bound (`benchmarks.bound_table`'s pricing,
+a pass in proportion to its rows: the ranking a third of a forward and backward) and, packed, the
+same bound priced by the tokens the rule's passes actually took (k sequences of unequal lengths
+are not k/B of the tokens), read from each timed step's selection.
 
     python -m benchmarks.lora_step_time --shape cpu-small                  # a 4-layer Qwen2, 4 x 256 tokens
     python -m benchmarks.lora_step_time --shape cpu-small --rules all --packed
@@ -34,7 +37,9 @@ from typing import Any, Optional
 import torch
 
 from . import measure
-from .bound_table import PASS_BOUNDS
+from ksam_hf.packing import sequence_ids
+
+from .bound_table import PASS_BOUNDS, RANK
 from .common import REPO, machine_info, median
 from .report import paired_ratios
 
@@ -64,6 +69,29 @@ PASSES = {name: PASS_BOUNDS[rule][1] for name, rule in {
 one forward and backward, as LoRA AdamW's)."""
 
 
+def packed_batch(tokens: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """`tokens` cut into sequences of 64 to 512 tokens and collated as TRL's SFT collates a packed
+    micro-batch: one row, `position_ids` restarting at 0 at each sequence, every token labelled."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    sequences, start = [], 0
+    while start < tokens.numel():
+        length = int(torch.randint(64, 513, (), generator=generator))
+        sequences.append({"input_ids": tokens[start:start + length].tolist()})
+        start += length
+    return DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True, return_tensors="pt")(sequences)
+
+
+def token_bound(name: str, shares: list[tuple[float, float]]) -> Optional[float]:
+    """The pass bound priced by tokens: the ranking pass (a third of a forward and backward over the
+    batch) where the rule ranks, plus the ascent's and the descent's shares of the batch's tokens,
+    averaged over the timed steps; None for a rule that selects nothing."""
+    if not shares:
+        return None
+    ascent, descent = (sum(column) / len(shares) for column in zip(*shares))
+    return (0.0 if name == "random_ascent" else RANK) + ascent + descent
+
+
 def build(shape: str, device: torch.device, seed: int = 0) -> torch.nn.Module:
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -88,10 +116,17 @@ class Runner:
         self.trainer.create_optimizer()
         self.trainer.state.global_step, self.trainer.state.max_steps = 500, 1000  # sigma_t = sigma / 2 for Flat-LoRA
         self.model = model
+        self.token_shares: list[tuple[float, float]] = []  # (ascent, descent) tokens over the batch's
 
     def step(self, batch: dict[str, torch.Tensor]) -> None:
         trainer = self.trainer
+        trainer.sam_statistics.last_selected = None
         trainer.training_step(self.model, dict(batch))
+        selected = trainer.sam_statistics.last_selected
+        if selected is not None and not selected.whole_batch and "position_ids" in batch:
+            tokens = torch.bincount(sequence_ids(batch["position_ids"].cpu())).float()
+            self.token_shares.append((float(tokens[selected.ascent.cpu()].sum() / tokens.sum()),
+                                      float(tokens[selected.descent.cpu()].sum() / tokens.sum())))
         trainer.accelerator.clip_grad_norm_(self.model.parameters(), 1.0)
         if self.name == "bi_lora":
             trainer.lora_sam.ascend(1.0)
@@ -118,16 +153,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     batches = []
     for _ in range(4):
         ids = torch.randint(10, base.config.vocab_size, (batch_size, seq_len), generator=generator)
-        if args.packed:  # sequences of 64-512 tokens end to end in each row, positions restarting at 0
-            positions = torch.empty_like(ids)
-            for row in range(batch_size):
-                start = 0
-                while start < seq_len:
-                    length = min(int(torch.randint(64, 513, (), generator=generator)), seq_len - start)
-                    positions[row, start:start + length] = torch.arange(length)
-                    start += length
-            batches.append({"input_ids": ids.to(device), "position_ids": positions.to(device),
-                            "labels": ids.clone().to(device)})
+        if args.packed:
+            batches.append({key: value.to(device) if torch.is_tensor(value) else value
+                            for key, value in packed_batch(ids.reshape(-1), generator).items()})
         else:
             ids = ids.to(device)
             batches.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()})
@@ -138,19 +166,24 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                           bf16=dtype == torch.bfloat16) for name in names]
         times, _ = measure.run_rounds(runners, batches, args.warmup, args.steps, device, lambda line: print(line, flush=True))
     ratios = paired_ratios(times, baseline="lora_adamw")
+    bounds = {runner.name: token_bound(runner.name, runner.token_shares[args.warmup:]) for runner in runners}
     rows = [{"method": name, "median_ms": 1e3 * median(times[name]), "paired_ratio_to_lora_adamw": ratios[name][0],
-             "pass_bound": PASSES[name],
-             "overhead_ms": 1e3 * (median(times[name]) - PASSES[name] * median(times["lora_adamw"]))} for name in names]
+             "pass_bound": PASSES[name], "token_bound": bounds[name],
+             "overhead_ms": 1e3 * (median(times[name]) - (bounds[name] or PASSES[name]) * median(times["lora_adamw"]))}
+            for name in names]
     trainable = sum(p.numel() for p in base.parameters() if p.requires_grad)
     title = (f"{args.shape}: {sum(p.numel() for p in base.parameters()) / 1e6:.0f}M parameters "
-             f"({trainable / 1e6:.1f}M LoRA r16 on {', '.join(TARGETS)}), {batch_size} x {seq_len} tokens, "
-             f"{str(dtype).split('.')[-1]}{', packed sequences' if args.packed else ''}, {device.type}; "
+             f"({trainable / 1e6:.1f}M LoRA r16 on {', '.join(TARGETS)}), {batch_size} x {seq_len} tokens"
+             f"{' as packed sequences of 64-512 in one row (TRL padding-free)' if args.packed else ''}, "
+             f"{str(dtype).split('.')[-1]}, {device.type}; "
              f"median of {args.steps} interleaved steps")
     print(title)
-    print("method             median ms   x LoRA AdamW (paired)   pass bound x   overhead ms (step - bound x AdamW's)")
+    print("method             median ms   x LoRA AdamW (paired)   pass bound x   by tokens x   "
+          "overhead ms (step - bound x AdamW's; by tokens where priced)")
     for row in rows:
+        by_tokens = "—" if row["token_bound"] is None else f"{row['token_bound']:.2f}"
         print(f"{row['method']:<18} {row['median_ms']:>9.1f}   {row['paired_ratio_to_lora_adamw']:>21.3f}   "
-              f"{row['pass_bound']:>12.2f}   {row['overhead_ms']:>10.1f}")
+              f"{row['pass_bound']:>12.2f}   {by_tokens:>11}   {row['overhead_ms']:>10.1f}")
     result = {"benchmark": "benchmarks.lora_step_time", "started_utc": started.isoformat(timespec="seconds"),
               "command": "python -m benchmarks.lora_step_time " + " ".join(sys.argv[1:] if argv is None else argv),
               "title": title, "machine": machine_info(device), "rows": rows, "step_times_s": times}

@@ -183,3 +183,23 @@ def test_lora_step_time_of_every_rule_on_packed_rows(tmp_path, restore_threads):
     assert set(rows) == set(lora_step_time.METHODS) | set(lora_step_time.OTHER_RULES)
     assert rows["top_k_ascent"]["pass_bound"] == pytest.approx(1 / 3 + 0.25 + 1)
     assert all(math.isfinite(row["median_ms"]) and row["median_ms"] > 0 for row in rows.values())
+    assert rows["lora_adamw"]["token_bound"] is None and rows["lora_sam"]["token_bound"] is None
+    # the descent of top_k_ascent is the whole batch: its token bound is the ranking, the ascent's share and 1
+    assert 1 / 3 + 1 < rows["top_k_ascent"]["token_bound"] <= 1 / 3 + 2
+
+
+def test_packed_batch_is_trl_padding_free_layout_and_token_bound_prices_shares():
+    from benchmarks.lora_step_time import packed_batch, token_bound
+    from ksam_hf.packing import sequence_ids
+
+    tokens = torch.arange(10, 1034)
+    batch = packed_batch(tokens, torch.Generator().manual_seed(3))
+    assert batch["input_ids"].shape == (1, 1024) and torch.equal(batch["input_ids"][0], tokens)
+    assert "attention_mask" not in batch
+    lengths = torch.bincount(sequence_ids(batch["position_ids"]))
+    assert lengths.sum() == 1024 and (lengths[:-1] >= 64).all() and (lengths <= 512).all()
+    assert torch.equal(batch["cu_seq_lens_q"][1:].long(), torch.cumsum(lengths, 0))
+    # shares (ascent, descent) of two steps: (0.25, 1.0) and (0.5, 1.0) -> 1/3 + 0.375 + 1
+    assert token_bound("top_k_ascent", [(0.25, 1.0), (0.5, 1.0)]) == pytest.approx(1 / 3 + 0.375 + 1)
+    assert token_bound("random_ascent", [(0.25, 1.0)]) == pytest.approx(1.25)  # no ranking pass
+    assert token_bound("momentum", []) is None
