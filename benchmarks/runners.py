@@ -112,6 +112,8 @@ def make_trainer(method: Method, model: torch.nn.Module, settings: TrainerSettin
                           save_strategy="no", logging_strategy="no", disable_tqdm=True, bf16=settings.bf16,
                           **k, **method.options)
     trainer = trainer_class(model=model, args=config)
+    if settings.bf16:  # what train() does first: accelerate wraps forward in autocast (the Trainer adds none)
+        trainer.model_wrapped = trainer.accelerator.prepare_model(model)
     trainer.create_optimizer()
     return trainer
 
@@ -203,7 +205,11 @@ class BoundRunner:
             self.rule = selection_rule(args.ksam_selection, args.ksam_uniform_mix)
 
     def _logits(self, batch: Batch) -> torch.Tensor:
-        return self.model(**{key: v for key, v in batch.items() if key != "labels"}).logits.float()
+        """Each forward in an autocast of its own, as accelerate wraps a prepared model's forward: the
+        bf16 copies of the weights are made again for every pass (one autocast around all of a
+        step's passes would cast the weights once, which no step at w + e can)."""
+        with torch.autocast(self.params[0].device.type, dtype=torch.bfloat16, enabled=self.method.trainer.args.bf16):
+            return self.model(**{key: v for key, v in batch.items() if key != "labels"}).logits.float()
 
     def _loss(self, batch: Batch) -> torch.Tensor:
         return F.cross_entropy(self._logits(batch), batch["labels"])
@@ -224,9 +230,7 @@ class BoundRunner:
         return trim_padding(select_rows(batch, indices, batch["labels"].shape[0]), decoder_labels=False)
 
     def step(self, batch: Batch) -> None:
-        bf16 = self.method.trainer.args.bf16
-        with torch.autocast(self.params[0].device.type, dtype=torch.bfloat16, enabled=bf16):
-            self._passes(batch)
+        self._passes(batch)
         torch.nn.utils.clip_grad_norm_(self.params, MAX_GRAD_NORM)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -157,6 +157,30 @@ def test_step_time_in_bf16_times_methods_and_bounds_under_autocast(tmp_path, res
     assert all(math.isfinite(row["median_ms"]) and row["median_ms"] > 0 for row in result["rows"])
 
 
+@pytest.mark.parametrize("bf16", [False, True])
+def test_step_time_trainers_compute_in_the_dtype_they_are_timed_in(tmp_path, bf16):
+    """A Trainer autocasts only once accelerate has prepared its model (`train()` does it first):
+    the benchmark's trainers must be prepared too, or `--dtype bf16` times them in fp32 beside bf16
+    bounds. Read from the dtype a Linear layer's output has inside the timed step."""
+    from benchmarks.common import build_model, collate, random_examples
+    from benchmarks.runners import BoundRunner, Method, MethodRunner, TrainerSettings, make_trainer
+
+    settings = TrainerSettings(rho=0.05, seed=0, batch_size=4, use_cpu=True, output_dir=str(tmp_path), bf16=bf16)
+    runner = MethodRunner(Method("sam", "sam"), make_trainer(Method("sam", "sam"), build_model("tiny", seq_len=16),
+                                                             settings))
+    dtypes = []
+    linear = next(m for m in runner.model.modules() if isinstance(m, torch.nn.Linear))
+    linear.register_forward_hook(lambda module, args, output: dtypes.append(output.dtype))
+    batch = collate(random_examples(4, 16, 100, seed=0, varied_lengths=False))
+    runner.step(batch)
+    assert dtypes and set(dtypes) == {torch.bfloat16 if bf16 else torch.float32}
+    dtypes.clear()
+    BoundRunner(runner).step(batch)  # the bound: the same passes, in the same precision
+    assert len(dtypes) == 2  # SAM's two passes through the hooked layer
+    assert set(dtypes) == {torch.bfloat16 if bf16 else torch.float32}
+    assert all(p.dtype == torch.float32 for p in runner.model.parameters())  # mixed precision: fp32 weights
+
+
 def test_a_random_model_of_minilms_shape_for_a_gpu_session(tmp_path):
     from transformers import BertConfig, BertForSequenceClassification
 
