@@ -16,12 +16,13 @@ and `beyond.png` (held-out difference and three drops per arm, one marker per ce
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from pathlib import Path
 from typing import Optional
 
-from studies.methods import short_name
+from studies.methods import PLAIN_METHODS, short_name
 from studies.rows import load_rows
 from studies.stats import difference_cell, interval
 from studies.tasks import at_uniform_predictor
@@ -46,18 +47,35 @@ def paired(rows: list[dict], method: str, baseline: str, name: str) -> list[floa
             if m == method and by[method, s] is not None and by.get((baseline, s)) is not None]
 
 
-def step_ratio(rows: list[dict], method: str, baseline: str) -> Optional[float]:
-    """Median over seeds of the run's median step time over the baseline's of the same seed."""
-    step = {(r["method"], r["seed"]): r["results"].get("train_median_step_time") for r in rows}
-    ratios = [step[method, s] / step[baseline, s] for (m, s) in step
-              if m == method and step[method, s] and step.get((baseline, s))]
-    return statistics.median(ratios) if ratios else None
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_COST = REPO / "docs/performance/step_time_minilm_sst2_cpu_m_sam.json"
+"""Where an arm's step cost is read: a clean, paired `benchmarks.step_time` run on the study's batches
+(the study's own runs share a loaded machine: their step times are not a benchmark)."""
 
 
-def cell_lines(name: str, rows: list[dict], baseline: str, level: float) -> list[str]:
+def shown(path: Path) -> str:
+    """`path` relative to the repository where it lies inside it."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else str(path)
+
+
+def step_cost(method: str, benchmark: dict[str, float]) -> Optional[float]:
+    """The arm's step over AdamW's in the benchmark: a plain control's step is AdamW's (its learning
+    rate and label smoothing change no pass); SAM's is `sam`, m-SAM's `sam_m<m>`; None where the
+    benchmark has no such row."""
+    name, *overrides = method.split("@")
+    fields = dict(override.partition("=")[::2] for override in overrides)
+    if name in PLAIN_METHODS:
+        return 1.0
+    if name == "sam":
+        return benchmark.get(f"sam_m{fields['sam_group_size']}" if "sam_group_size" in fields else "sam")
+    return None
+
+
+def cell_lines(name: str, rows: list[dict], baseline: str, level: float, benchmark: dict[str, float]) -> list[str]:
     methods = list(dict.fromkeys(r["method"] for r in rows))
     header = ("| arm | seeds | at 50/50 | held-out (best) | - AdamW | last model - AdamW | "
-              + " | ".join(f"{c} drop - AdamW's" for c in COMPRESSIONS) + " | step / AdamW |")
+              + " | ".join(f"{c} drop - AdamW's" for c in COMPRESSIONS) + " | step / AdamW (benchmark) |")
     lines = [f"### {name}", "", f"Baseline: `{baseline}`, early-stopped as every arm; intervals at "
              f"{100 * level:.2f} % (Bonferroni over the cells). At 50/50: runs whose best or last model ends at the dev "
              "loss of the uniform predictor (ln classes): their scores measure nothing learnt.", "", header,
@@ -67,7 +85,7 @@ def cell_lines(name: str, rows: list[dict], baseline: str, level: float) -> list
         mean = f"{100 * statistics.fmean(own):.1f}" if own else "—"
         cells = [difference_cell(paired(rows, method, baseline, o), level) if method != baseline else ""
                  for o in ("heldout", "last", *COMPRESSIONS)]
-        ratio = step_ratio(rows, method, baseline)
+        ratio = step_cost(method, benchmark)
         uniform = sum(any(at_uniform_predictor(r["task"], r["results"].get(key)) for key in ("eval_loss", "last_eval_loss"))
                       for r in rows if r["method"] == method)
         lines.append(f"| `{method}` | {len(own)} | {uniform or ''} | {mean} | " + " | ".join(cells)
@@ -132,7 +150,11 @@ def main(argv: Optional[list[str]] = None) -> str:
     parser = argparse.ArgumentParser(prog="python -m studies.summarize_beyond", description=__doc__.split("\n\n")[0])
     parser.add_argument("results_dir", type=Path, help="a folder of cell folders, each with a results.jsonl")
     parser.add_argument("--baseline", default="adamw")
+    parser.add_argument("--cost", type=Path, default=DEFAULT_COST,
+                        help="a benchmarks.step_time JSON whose paired ratios give each arm's step over AdamW's")
     args = parser.parse_args(argv)
+    cost = json.loads(args.cost.read_text())
+    benchmark = {row["method"]: row["paired_ratio_to_adamw"] for row in cost["rows"]}
     cells = {folder.name: load_rows(folder / "results.jsonl") for folder in sorted(args.results_dir.iterdir())
              if (folder / "results.jsonl").exists()}
     cells = {name: rows for name, rows in cells.items() if rows}
@@ -143,9 +165,11 @@ def main(argv: Optional[list[str]] = None) -> str:
             "Scores x 100. Every arm early-stopped: the best model by the noisy validation split, scored every half "
             "epoch; held-out (best) is that model's score on the held-out block, `last` the last model's. A drop is "
             "the model's own held-out score minus its score after the compression; drop - AdamW's below 0: the arm "
-            "keeps more of its score than AdamW does.", ""]
+            "keeps more of its score than AdamW does. Step / AdamW: the paired ratio of the clean benchmark "
+            f"`{shown(args.cost)}` ({cost.get('title') or cost['args'].get('inputs')} batches, on "
+            f"{cost.get('machine', {}).get('cpu_model', '?')}); the study's own runs share a loaded machine.", ""]
     for name, rows in cells.items():
-        text += cell_lines(name, rows, args.baseline, level)
+        text += cell_lines(name, rows, args.baseline, level, benchmark)
     text += ["## Verdict, computed", "", *verdict_lines(cells, args.baseline, level), ""]
     (args.results_dir / "beyond.md").write_text("\n".join(text))
     plot(cells, args.baseline, args.results_dir / "beyond.png")
