@@ -227,3 +227,13 @@ def test_packed_batch_is_trl_padding_free_layout_and_token_bound_prices_shares()
     assert token_bound("top_k_ascent", [(0.25, 1.0), (0.5, 1.0)]) == pytest.approx(1 / 3 + 0.375 + 1)
     assert token_bound("random_ascent", [(0.25, 1.0)]) == pytest.approx(1.25)  # no ranking pass
     assert token_bound("momentum", []) is None
+
+
+def test_alone_times_one_trainer_step_against_its_bound(restore_threads):
+    from benchmarks import alone
+
+    torch.set_num_threads(1)
+    result = alone.main(["--method", "sam", "--model", "tiny", "--batch-size", "4", "--seq-len", "16", "--steps", "2",
+                         "--dtype", "bf16"])
+    assert [len(v) for v in result["step_times_s"].values()] == [2, 2]
+    assert math.isfinite(result["measured_over_bound"]) and result["measured_over_bound"] > 0
