@@ -33,6 +33,29 @@ PASS_BOUNDS = {
 }
 
 
+def pass_bound(method: str) -> Optional[float]:
+    """A benchmark row's pass bound in AdamW's steps: `PASS_BOUNDS` priced for any k (`ksam@K`,
+    `ksam@K+top_k`, `ksam@K+top_k_ascent`, `random_ascent@K`) and m-SAM's groups (`sam_mM`: SAM's
+    two passes over the batch, group by group); None for a method it cannot price."""
+    if method in PASS_BOUNDS:
+        return PASS_BOUNDS[method][1]
+    if method.startswith("sam_m"):
+        return 2.0
+    name, _, rest = method.partition("@")
+    k_text, _, variant = rest.partition("+")
+    try:
+        k = float(k_text)
+    except ValueError:
+        return None
+    if name == "ksam" and variant in ("", "top_k"):
+        return RANK + 2 * k
+    if name == "ksam" and variant == "top_k_ascent":
+        return RANK + k + 1
+    if name == "random_ascent" and not variant:
+        return 1 + k
+    return None
+
+
 def label(data: dict) -> str:
     args, machine = data.get("args", {}), data.get("machine", {})
     device = machine.get("cuda_device") or machine.get("cpu_model") or "?"

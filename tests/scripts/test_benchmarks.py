@@ -237,3 +237,14 @@ def test_alone_times_one_trainer_step_against_its_bound(restore_threads):
                          "--dtype", "bf16"])
     assert [len(v) for v in result["step_times_s"].values()] == [2, 2]
     assert math.isfinite(result["measured_over_bound"]) and result["measured_over_bound"] > 0
+
+
+def test_pass_bound_prices_every_k_and_m_sam():
+    from benchmarks.bound_table import pass_bound
+
+    assert pass_bound("adamw") == 1.0 and pass_bound("sam") == 2.0 and pass_bound("sam_m4") == 2.0
+    assert pass_bound("ksam@0.1") == pytest.approx(1 / 3 + 0.2)
+    assert pass_bound("ksam@0.5+top_k") == pytest.approx(1 / 3 + 1.0)
+    assert pass_bound("ksam@0.5+top_k_ascent") == pytest.approx(1 / 3 + 0.5 + 1)
+    assert pass_bound("random_ascent@0.125") == pytest.approx(1.125)
+    assert pass_bound("ksam@0.25+previous_loss") is None  # no ranking pass: not priced here
