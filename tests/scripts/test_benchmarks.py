@@ -155,6 +155,9 @@ def test_step_time_in_bf16_times_methods_and_bounds_under_autocast(tmp_path, res
     assert [row["method"] for row in result["rows"]] == ["adamw", "sam", "ksam@0.25", "sam_m2"]
     assert result["args"]["dtype"] == "bf16" and (tmp_path / "step_time_tiny_fixed_bf16_cpu.json").is_file()
     assert all(math.isfinite(row["median_ms"]) and row["median_ms"] > 0 for row in result["rows"])
+    rows = {row["method"]: row for row in result["rows"]}
+    assert rows["ksam@0.25"]["pass_bound"] == pytest.approx(1 / 3 + 0.5) and rows["sam_m2"]["pass_bound"] == 2.0
+    assert rows["sam"]["over_pass_bound_ms"] == pytest.approx(rows["sam"]["median_ms"] - 2 * rows["adamw"]["median_ms"])
 
 
 @pytest.mark.parametrize("bf16", [False, True])
