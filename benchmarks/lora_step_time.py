@@ -116,7 +116,16 @@ class Runner:
         self.trainer.create_optimizer()
         self.trainer.state.global_step, self.trainer.state.max_steps = 500, 1000  # sigma_t = sigma / 2 for Flat-LoRA
         self.model = model
-        self.token_shares: list[tuple[float, float]] = []  # (ascent, descent) tokens over the batch's
+        self.selections: list[tuple[torch.Tensor, Any]] = []  # (the batch's position_ids, its Selected)
+
+    def token_shares(self) -> list[tuple[float, float]]:
+        """Each recorded step's (ascent, descent) tokens over the batch's."""
+        shares = []
+        for position_ids, selected in self.selections:
+            tokens = torch.bincount(sequence_ids(position_ids.cpu())).float()
+            shares.append((float(tokens[selected.ascent.cpu()].sum() / tokens.sum()),
+                           float(tokens[selected.descent.cpu()].sum() / tokens.sum())))
+        return shares
 
     def step(self, batch: dict[str, torch.Tensor]) -> None:
         trainer = self.trainer
@@ -124,9 +133,7 @@ class Runner:
         trainer.training_step(self.model, dict(batch))
         selected = trainer.sam_statistics.last_selected
         if selected is not None and not selected.whole_batch and "position_ids" in batch:
-            tokens = torch.bincount(sequence_ids(batch["position_ids"].cpu())).float()
-            self.token_shares.append((float(tokens[selected.ascent.cpu()].sum() / tokens.sum()),
-                                      float(tokens[selected.descent.cpu()].sum() / tokens.sum())))
+            self.selections.append((batch["position_ids"], selected))  # priced after the timing
         trainer.accelerator.clip_grad_norm_(self.model.parameters(), 1.0)
         if self.name == "bi_lora":
             trainer.lora_sam.ascend(1.0)
@@ -166,7 +173,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                           bf16=dtype == torch.bfloat16) for name in names]
         times, _ = measure.run_rounds(runners, batches, args.warmup, args.steps, device, lambda line: print(line, flush=True))
     ratios = paired_ratios(times, baseline="lora_adamw")
-    bounds = {runner.name: token_bound(runner.name, runner.token_shares[args.warmup:]) for runner in runners}
+    bounds = {runner.name: token_bound(runner.name, runner.token_shares()[args.warmup:]) for runner in runners}
     rows = [{"method": name, "median_ms": 1e3 * median(times[name]), "paired_ratio_to_lora_adamw": ratios[name][0],
              "pass_bound": PASSES[name], "token_bound": bounds[name],
              "overhead_ms": 1e3 * (median(times[name]) - (bounds[name] or PASSES[name]) * median(times["lora_adamw"]))}
