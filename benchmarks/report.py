@@ -96,7 +96,7 @@ def summarise(methods: list[MethodRunner], times: dict[str, list[float]], faults
                "bound_ms": 1e3 * med[bound] if has_bound else "",
                "measured_over_bound": med[name] / med[bound] if has_bound else "",
                "overhead_ms": 1e3 * (med[name] - med[bound]) if has_bound else "",
-               # the reading: the step minus its passes priced in AdamW's steps (bound_table)
+               # the step minus its passes priced in AdamW's steps (bound_table.pass_bound)
                "pass_bound": "" if pass_bound(name) is None else pass_bound(name),
                "over_pass_bound_ms": "" if pass_bound(name) is None else 1e3 * (med[name] - pass_bound(name) * adamw),
                "peak_step_mib": peaks[name] / MIB,
