@@ -304,7 +304,8 @@ def run_spec(argv: list[str]) -> None:
     """`--spec FILE [--cells NAME ...] [ARGUMENT ...]`: a study's spec, a JSON file of `arguments` shared
     by every cell and `cells` (name -> the arguments that make the cell), each cell a grid of its own
     in `<results_dir>/<name>` (or in the cell's own `results_dir`, where it names one). Arguments on the
-    command line override the spec's (`--seeds 4 5`, `--plan_only`). Seeds run outermost, then cells:
+    command line override the spec's (`--seeds 4 5`, `--plan_only`); `--results_dir` there names the
+    study's folder, the cells' folders inside it (a lent GPU's rows kept apart). Seeds run outermost, then cells:
     every cell has seed 1 before any has seed 2. Prints the plan (runs, the spec's `budget`) first.
     Ends with the spec's `summary`, a module of `studies` and its arguments, `{results_dir}`,
     `{study_dir}` (its parent) and `{glue_dir}` standing for the first cell's (default: the table over the cells,
@@ -317,6 +318,10 @@ def run_spec(argv: list[str]) -> None:
         start = rest.index("--cells")
         stop = next((i for i in range(start + 1, len(rest)) if rest[i].startswith("--")), len(rest))
         wanted, rest = rest[start + 1:stop], rest[:start] + rest[stop:]
+    study_dir: Optional[str] = None  # `--results_dir` on the command line: the study's folder, cells inside
+    if "--results_dir" in rest:
+        start = rest.index("--results_dir")
+        study_dir, rest = rest[start + 1], rest[:start] + rest[start + 2:]
     spec = json.loads(path.read_text())
     cells = spec["cells"]
     unknown = [name for name in wanted or [] if name not in cells]
@@ -326,7 +331,7 @@ def run_spec(argv: list[str]) -> None:
     cell_argvs = {}
     for name in wanted or list(cells):
         shared = dict(spec["arguments"])
-        shared["results_dir"] = str(Path(shared.get("results_dir", "docs/results")) / name)
+        shared["results_dir"] = str(Path(study_dir or shared.get("results_dir", "docs/results")) / name)
         cell_argvs[name] = spec_argument_list({**shared, **cells[name]}) + rest
     parser = HfArgumentParser(ReproductionArguments)
     parsed = {name: parser.parse_args_into_dataclasses(cell_argv)[0] for name, cell_argv in cell_argvs.items()}

@@ -423,6 +423,11 @@ def test_a_spec_runs_its_cells_seed_by_seed_each_in_its_own_folder(tmp_path, mon
     assert calls[4:] == [("large", 3, "400", None, "0.0002")]  # the command line overrides the spec
     with pytest.raises(SystemExit, match="--cells huge: not in .*its cells are small, large"):
         rg.main(["--spec", str(tmp_path / "spec.json"), "--cells", "huge"])
+    # --results_dir on the command line: another study folder (a GPU's rows), each cell in its own folder
+    rg.main(["--spec", str(tmp_path / "spec.json"), "--cells", "small", "--seeds", "1",
+             "--results_dir", str(tmp_path / "gpu")])
+    assert calls[5:] == [("small", 1, "100", "0.3", "0.0001")]  # not done in that folder: run again
+    assert (tmp_path / "gpu" / "small" / "results.jsonl").is_file() and not (tmp_path / "gpu" / "results.jsonl").exists()
 
 
 def test_a_grid_refuses_to_start_on_a_nearly_full_disk(tmp_path, monkeypatch, capsys):
