@@ -46,8 +46,8 @@ def ascent_norm(grads: Tensors, params: Tensors, adaptive: bool) -> torch.Tensor
     """Global L2 norm of the ascent gradient: ||g||, or ASAM's ||w * g||, as a float32 scalar."""
     if adaptive:
         grads = torch._foreach_mul(params, grads)
-    norms = torch._foreach_norm(grads, 2)
-    total = torch.linalg.vector_norm(torch.stack([n.float() for n in norms]), 2)
+    norms = torch._foreach_norm(grads, 2, dtype=torch.float32)  # fp32 from the kernel: no cast per tensor
+    total = torch.linalg.vector_norm(torch.stack(norms), 2)
     return total.full_tensor() if isinstance(total, DTensor) else total  # sharded: the all-reduced norm
 
 
