@@ -5,7 +5,7 @@
 #
 # Prepare here (the device gets the repository only: MiniLM's 88 MB of weights exceed what travels,
 # and random weights of its shape time the same; BERT-base-shaped and Qwen2-0.5B-shaped are random):
-#   mkdir -p .device/minilm && echo /.device/ >> .git/info/exclude
+#   mkdir -p .device/minilm   # .device/ is ignored by git
 #   cp ../shared/models/all-MiniLM-L6-v2/{config.json,vocab.txt,tokenizer*.json,special_tokens_map.json} .device/minilm/
 # Run (device tool): command `bash benchmarks/gpu_session.sh [shapes|all]`, carry [".device"], timeout_s 600;
 # results under $OUT. `shapes` (the default, about 8 minutes on an H100): the step benchmark at BERT-base
