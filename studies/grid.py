@@ -356,6 +356,21 @@ def run_spec(argv: list[str]) -> None:
         importlib.import_module(summary[0]).main([part for part in summary[1:] if part])
 
 
+UNITED_FIELDS = ("tasks", "methods", "seeds")
+"""What a call may run a part of (`--methods`, `--seeds`): the folder's arguments keep every value run."""
+
+
+def write_reproduction_arguments(path: Path, args: ReproductionArguments) -> None:
+    """The grid's arguments, with the tasks, methods and seeds of earlier calls on the same folder
+    kept (earlier values first): a call on a part of a grid does not hide the rest of its rows."""
+    arguments = asdict(args)
+    if path.exists():
+        earlier = json.loads(path.read_text())
+        for name in UNITED_FIELDS:
+            arguments[name] = list(dict.fromkeys([*earlier.get(name, []), *arguments[name]]))
+    path.write_text(json.dumps(arguments, indent=2) + "\n")
+
+
 def main(argv: Optional[list[str]] = None, progress: Optional[Progress] = None) -> None:
     if "--spec" in (sys.argv[1:] if argv is None else argv):
         run_spec(list(sys.argv[1:] if argv is None else argv))
@@ -371,7 +386,7 @@ def main(argv: Optional[list[str]] = None, progress: Optional[Progress] = None) 
         print_plan(args)
         return
     results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / "reproduction_arguments.json").write_text(json.dumps(asdict(args), indent=2) + "\n")
+    write_reproduction_arguments(results_dir / "reproduction_arguments.json", args)
     if not args.summarize_only:
         for method in args.methods:
             method_settings(method, args)  # refuse a bad method before hours of runs

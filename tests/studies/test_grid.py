@@ -421,6 +421,8 @@ def test_a_spec_runs_its_cells_seed_by_seed_each_in_its_own_folder(tmp_path, mon
     assert len(calls) == 4
     rg.main(["--spec", str(tmp_path / "spec.json"), "--cells", "large", "--seeds", "3", "--learning_rate", "2e-4"])
     assert calls[4:] == [("large", 3, "400", None, "0.0002")]  # the command line overrides the spec
+    arguments = json.loads((tmp_path / "out" / "large" / "reproduction_arguments.json").read_text())
+    assert arguments["seeds"] == [1, 2, 3]  # a call on a part of the grid keeps the earlier calls' seeds
     with pytest.raises(SystemExit, match="--cells huge: not in .*its cells are small, large"):
         rg.main(["--spec", str(tmp_path / "spec.json"), "--cells", "huge"])
     # --results_dir on the command line: another study folder (a GPU's rows), each cell in its own folder
