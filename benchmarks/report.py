@@ -85,6 +85,7 @@ def summarise(methods: list[MethodRunner], times: dict[str, list[float]], faults
         m, name, bound = runner.method, runner.name, f"bound:{runner.name}"
         has_bound = bound in med
         kept = runner.kept()
+        passes = pass_bound(name)
         row = {"method": name, "mode": m.mode, "variant": m.variant or "", "k": "" if m.k is None else m.k,
                "k_examples": batch_size if kept is None else kept,
                "median_ms": 1e3 * med[name], "p25_ms": 1e3 * quantile(times[name], 0.25),
@@ -97,8 +98,8 @@ def summarise(methods: list[MethodRunner], times: dict[str, list[float]], faults
                "measured_over_bound": med[name] / med[bound] if has_bound else "",
                "overhead_ms": 1e3 * (med[name] - med[bound]) if has_bound else "",
                # the step minus its passes priced in AdamW's steps (bound_table.pass_bound)
-               "pass_bound": "" if pass_bound(name) is None else pass_bound(name),
-               "over_pass_bound_ms": "" if pass_bound(name) is None else 1e3 * (med[name] - pass_bound(name) * adamw),
+               "pass_bound": "" if passes is None else passes,
+               "over_pass_bound_ms": "" if passes is None else 1e3 * (med[name] - passes * adamw),
                "peak_step_mib": peaks[name] / MIB,
                "bound_peak_step_mib": peaks[bound] / MIB if has_bound else "",
                "peak_over_adamw_mib": (peaks[name] - adamw_peak) / MIB,

@@ -205,11 +205,10 @@ class BoundRunner:
             self.rule = selection_rule(args.ksam_selection, args.ksam_uniform_mix)
 
     def _logits(self, batch: Batch) -> torch.Tensor:
-        """Each forward in an autocast of its own, as accelerate wraps a prepared model's forward: the
-        bf16 copies of the weights are made again for every pass (one autocast around all of a
-        step's passes would cast the weights once, which no step at w + e can)."""
-        with torch.autocast(self.params[0].device.type, dtype=torch.bfloat16, enabled=self.method.trainer.args.bf16):
-            return self.model(**{key: v for key, v in batch.items() if key != "labels"}).logits.float()
+        """The method's own model: under bf16, accelerate has wrapped its forward in an autocast of
+        its own (`make_trainer`), so each pass casts the weights afresh, as a step at w + e must (one
+        autocast around all of a step's passes would cast them once for both of SAM's passes)."""
+        return self.model(**{key: v for key, v in batch.items() if key != "labels"}).logits.float()
 
     def _loss(self, batch: Batch) -> torch.Tensor:
         return F.cross_entropy(self._logits(batch), batch["labels"])

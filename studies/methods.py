@@ -40,6 +40,13 @@ def normalized(value: str) -> str:
     return str(int(number)) if number.is_integer() and number >= 1 else str(number)
 
 
+def parse(method: str) -> tuple[str, dict[str, str]]:
+    """A method spec's name and its overrides: `sam@sam_group_size=4@sam_rho=0.1` ->
+    `("sam", {"sam_group_size": "4", "sam_rho": "0.1"})` (values as written)."""
+    name, *overrides = method.split("@")
+    return name, dict(override.partition("=")[::2] for override in overrides)
+
+
 def short_name(method: str) -> str:
     """A method spec as a plot label: `ksam@ksam_selection=top_k@sam_rho=0.01` -> `ksam top_k rho=0.01`."""
     name, *overrides = method.split("@")

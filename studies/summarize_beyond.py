@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from studies.methods import PLAIN_METHODS, short_name
+from studies.methods import PLAIN_METHODS, parse, short_name
 from studies.rows import load_rows
 from studies.stats import difference_cell, interval
 from studies.tasks import at_uniform_predictor
@@ -63,8 +63,7 @@ def step_cost(method: str, benchmark: dict[str, float]) -> Optional[float]:
     """The arm's step over AdamW's in the benchmark: a plain control's step is AdamW's (its learning
     rate and label smoothing change no pass); SAM's is `sam`, m-SAM's `sam_m<m>`; None where the
     benchmark has no such row."""
-    name, *overrides = method.split("@")
-    fields = dict(override.partition("=")[::2] for override in overrides)
+    name, fields = parse(method)
     if name in PLAIN_METHODS:
         return 1.0
     if name == "sam":

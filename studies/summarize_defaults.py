@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Optional
 
-from studies.methods import selects_rows
+from studies.methods import parse, selects_rows
 from studies.rows import load_rows
 from studies.tasks import MAIN_METRIC, input_blind_baselines
 
@@ -25,8 +25,8 @@ SETTINGS = ("ksam_selection", "sam_rho", "ksam_k")
 def variant_settings(row: dict) -> dict[str, str]:
     """A run's rule: its method's name and overrides and, for a rule that selects rows, the
     selection, rho and k it ran with (those left at their defaults included)."""
-    name, *overrides = row["method"].split("@")
-    settings = {"optimizer": name, **dict(override.split("=", 1) for override in overrides)}
+    name, overrides = parse(row["method"])
+    settings = {"optimizer": name, **overrides}
     if selects_rows(name):
         settings.update({key: str(row["settings"][key]) for key in SETTINGS if key in row["settings"]})
     return settings

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from studies.methods import PLAIN_METHODS, normalized, short_name
+from studies.methods import PLAIN_METHODS, normalized, parse, short_name
 from studies.rows import load_rows
 from studies.stats import difference_cell, interval, kept_share
 from studies.summarize_cells import flat, mean, paired
@@ -92,8 +92,8 @@ def defaults_check_gaps(check_rows: list[dict], method: str, settings: dict[str,
     check that ran the rule of `method` (a frontier method whose run settings are `settings`): the
     check's rule and the settings it ran with all agree with the frontier run's, and the method's
     own settings with the check's run."""
-    name, *overrides = method.split("@")
-    wanted = {"optimizer": name, **dict(o.split("=", 1) for o in overrides)}
+    name, overrides = parse(method)
+    wanted = {"optimizer": name, **overrides}
     adamw = {command(r): r for r in check_rows if r["method"] == "adamw"}
     gaps = []
     for r in check_rows:
@@ -414,7 +414,7 @@ def main(argv: Optional[list[str]] = None) -> tuple[list[RuleRow], Optional[str]
             "Runs at the 50/50 predictor: dev loss ln 2 at the end; such a run learnt nothing, and its score is the "
             "class balance or the tie-breaking of equal logits, not a measurement.",
             "", *table_lines(table, labels), "",
-            f"Default by issue 29's rule" + (f", costs from {labels[0]}" if labels else "") + f": **{default or 'none'}**: {why}.",
+            "Default by issue 29's rule" + (f", costs from {labels[0]}" if labels else "") + f": **{default or 'none'}**: {why}.",
             *[f"With the costs from {label} instead: {method or 'none'}: {reason}." for label, method, reason in elsewhere],
             *defaults_check_lines(checked, args.defaults_check),
             "", plain_control_line(table, plain, args.baseline), "",
