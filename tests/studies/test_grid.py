@@ -46,7 +46,7 @@ def test_method_specs(tmp_path):
 
 
 def test_grid_skips_finished_runs_and_summarises(tmp_path, monkeypatch):
-    args = grid(tmp_path)
+    grid(tmp_path)
     scores = {("rte", "adamw", 1): 0.60, ("rte", "adamw", 2): 0.64, ("rte", "ksam@ksam_k=0.1", 1): 0.62,
               ("rte", "ksam@ksam_k=0.1", 2): 0.66, ("cola", "adamw", 1): 0.30, ("cola", "adamw", 2): 0.34,
               ("cola", "ksam@ksam_k=0.1", 1): 0.40, ("cola", "ksam@ksam_k=0.1", 2): 0.36}

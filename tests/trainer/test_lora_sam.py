@@ -13,7 +13,7 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 
 from ksam_hf import KSAMConfig, KSAMTrainer
-from ksam_hf.lora_sam import CHECKPOINT_FILE, BiLoRA, FlatLoRA, _row_noise, _seed
+from ksam_hf.lora_sam import CHECKPOINT_FILE, FlatLoRA, _row_noise, _seed
 from tests.testing_utils import (GradientAtStep, bert_config, cpu_config, learnable_dataset, make_case, stack,
                                  step_logs, tiny_llama)
 from transformers import BertForSequenceClassification

@@ -3,7 +3,6 @@ assistant-only loss, truncation) and PEFT adapters (LoRA) under K-SAM, against h
 
 from __future__ import annotations
 
-import copy
 
 import datasets
 import pytest
@@ -11,8 +10,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoTokenizer, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
-from ksam_hf import KSAMConfig, KSAMSFTConfig, KSAMSFTTrainer, KSAMTrainer
-from tests.testing_utils import (SHARED, GradientAtStep, as_dataset, assert_gradients_equal, bert_config,
+from ksam_hf import KSAMSFTConfig, KSAMSFTTrainer, KSAMTrainer
+from tests.testing_utils import (SHARED, GradientAtStep, assert_gradients_equal, bert_config,
                                  cpu_config, learnable_dataset, make_case, ranked_by_own_loss, recording,
                                  reference_sam_gradient, rows, stack, step_logs)
 
