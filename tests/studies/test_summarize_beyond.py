@@ -61,3 +61,26 @@ def test_step_cost_of_each_arm():
     assert summarize_beyond.step_cost("sam@sam_rho=0.05", benchmark) == 2.2
     assert summarize_beyond.step_cost("sam@sam_group_size=4@sam_rho=0.1", benchmark) == 2.1
     assert summarize_beyond.step_cost("sam@sam_group_size=1@sam_rho=0.1", benchmark) is None
+
+
+def test_tuning_picks_by_the_validation_split_on_the_seeds_every_arm_has():
+    """SAM's tuned radius and the tuned plain control are chosen by the validation score, never by the
+    held-out one, on the seeds every arm of the family has run."""
+    def run(method, seed, validation, heldout):
+        r = row(method, seed, heldout, heldout, {})
+        r["results"]["early_stopping_best_score"] = validation
+        return r
+
+    rows = [run("adamw", s, 0.60, 0.70) for s in (1, 2, 3)]
+    rows += [run("adamw@learning_rate=5e-5", 1, 0.62, 0.60)]  # best on validation, worst held-out
+    rows += [run("adamw@label_smoothing_factor=0.1", 1, 0.61, 0.90)]
+    rows += [run("sam@sam_rho=0.1", s, 0.59, 0.95) for s in (1, 2, 3)]  # best held-out, worse validation
+    rows += [run("sam@sam_rho=0.05", 1, 0.63, 0.72)]  # the family's common seeds: seed 1 alone
+    rows += [run("sam@sam_group_size=4@sam_rho=0.05", s, 0.6, 0.71) for s in (1, 2)]
+    rows += [run("sam@sam_group_size=4@sam_rho=0.1", s, v, 0.99) for s, v in ((1, 0.65), (2, 0.50))]  # lower mean
+    chosen = summarize_beyond.tuned(rows)
+    assert chosen == {"plain": ("adamw@learning_rate=5e-5", [1]), "sam": ("sam@sam_rho=0.05", [1]),
+                      "sam m=4": ("sam@sam_group_size=4@sam_rho=0.05", [1, 2])}
+    text = "\n".join(summarize_beyond.tuned_lines(rows, 0.95))
+    assert "(`adamw@learning_rate=5e-5`, chosen on seeds 1)" in text
+    assert "| sam | `sam@sam_rho=0.05` | 1 | +12.0 (n=1) |" in text  # 0.72 - 0.60, seed 1 the only pair
