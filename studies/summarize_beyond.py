@@ -109,7 +109,8 @@ def seed_lines(rows: list[dict], methods: list[str]) -> list[str]:
     def scores(row: Optional[dict]) -> str:
         if row is None:
             return ""
-        return " / ".join("—" if row.get(k) is None else f"{100 * row[k]:.1f}" for k in ("heldout_score", "last_heldout_score"))
+        values = (outcome(row, "heldout"), outcome(row, "last"))
+        return " / ".join("—" if v is None else f"{100 * v:.1f}" for v in values)
 
     return (["Held-out score x 100 of each run, best model / last model:", "",
              "| arm | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---" * (1 + len(seeds)) + "|"]
