@@ -84,3 +84,22 @@ def test_tuning_picks_by_the_validation_split_on_the_seeds_every_arm_has():
     text = "\n".join(summarize_beyond.tuned_lines(rows, 0.95))
     assert "(`adamw@learning_rate=5e-5`, chosen on seeds 1)" in text
     assert "| sam | `sam@sam_rho=0.05` | 1 | +12.0 (n=1) |" in text  # 0.72 - 0.60, seed 1 the only pair
+
+
+def test_each_family_at_its_best_on_the_heldout_block_arm_and_model():
+    """The post hoc upper bound: per family the arm and the model (early-stopped or last) with the best mean
+    held-out score on the family's common seeds; the SAM family's against the plain family's, paired by seed."""
+    rows = [row("adamw", s, 0.70, 0.65, {}) for s in (1, 2, 3)]
+    rows += [row("adamw@learning_rate=2e-5", s, 0.60, last, {}) for s, last in ((1, 0.80), (2, 0.82), (3, 0.78))]
+    rows += [row("sam@sam_rho=0.1", s, best, 0.70, {}) for s, best in ((1, 0.77), (2, 0.79), (3, 0.79))]
+    rows += [row("sam@sam_rho=0.05", s, 0.75, 0.76, {}) for s in (1, 2)]  # the family's common seeds: 1, 2
+    chosen = summarize_beyond.at_best_on_heldout(rows)
+    assert chosen == {"plain": ("adamw@learning_rate=2e-5", "last", [1, 2, 3]),
+                      "sam": ("sam@sam_rho=0.1", "heldout", [1, 2])}
+    text = "\n".join(summarize_beyond.heldout_tuned_lines(rows, 0.95))
+    assert "(`adamw@learning_rate=2e-5`, its last model, chosen on seeds 1, 2, 3)" in text
+    differences = [0.77 - 0.80, 0.79 - 0.82, 0.79 - 0.78]  # SAM's early-stopped minus the control's last, seeds 1-3
+    mean = statistics.fmean(differences)
+    half = stats.t.ppf(0.975, 2) * statistics.stdev(differences) / math.sqrt(3)
+    assert (f"| sam | `sam@sam_rho=0.1` | early-stopped | 1, 2 | {100 * mean:+.1f} "
+            f"[{100 * (mean - half):+.1f}, {100 * (mean + half):+.1f}] |") in text
