@@ -49,12 +49,11 @@ def parse(method: str) -> tuple[str, dict[str, str]]:
 
 def short_name(method: str) -> str:
     """A method spec as a plot label: `ksam@ksam_selection=top_k@sam_rho=0.01` -> `ksam top_k rho=0.01`."""
-    name, *overrides = method.split("@")
+    name, overrides = parse(method)
     shorter = {"ksam_selection": "", "sam_rho": "rho", "learning_rate": "lr", "ksam_uniform_mix": "mix",
                "ksam_loss_share": "share", "ksam_k": "k", "num_train_epochs": "epochs", "model_name_or_path": "from"}
     parts = [name]
-    for override in overrides:
-        key, _, value = override.partition("=")
+    for key, value in overrides.items():
         label = shorter.get(key, key)
         if key == "model_name_or_path":
             value = Path(value).parent.name

@@ -3,7 +3,6 @@ assistant-only loss, truncation) and PEFT adapters (LoRA) under K-SAM, against h
 
 from __future__ import annotations
 
-
 import datasets
 import pytest
 import torch
