@@ -27,7 +27,7 @@ from typing import Callable, Optional
 from studies.methods import PLAIN_METHODS, parse, short_name
 from studies.rows import load_rows
 from studies.stats import difference_cell, interval
-from studies.tasks import at_uniform_predictor
+from studies.tasks import run_at_uniform_predictor
 
 COMPRESSIONS = ("int8", "prune30", "prune50", "prune70", "noise0.01", "noise0.02", "noise0.05")
 LAST_VS_STOPPED = "last-vs-stopped"
@@ -100,8 +100,7 @@ def cell_lines(name: str, rows: list[dict], baseline: str, level: float, benchma
         cells = [difference_cell(paired(rows, method, baseline, o), level) if method != baseline else ""
                  for o in ("heldout", "last", LAST_VS_STOPPED, *COMPRESSIONS)]
         ratio = step_cost(method, benchmark)
-        uniform = sum(any(at_uniform_predictor(r["task"], r["results"].get(key)) for key in ("eval_loss", "last_eval_loss"))
-                      for r in rows if r["method"] == method)
+        uniform = sum(run_at_uniform_predictor(r) for r in rows if r["method"] == method)
         lines.append(f"| `{method}` | {len(own)} | {uniform or ''} | {mean} | " + " | ".join(cells)
                      + f" | {'—' if ratio is None else f'{ratio:.2f}'} |")
     return lines + [""] + tuned_lines(rows, level) + heldout_tuned_lines(rows, level) + seed_lines(rows, methods)

@@ -12,7 +12,7 @@ from glue_scripts.glue_metrics import MAIN_METRIC, input_blind_baseline
 
 TASK_ORDER = ("rte", "mrpc", "cola", "stsb", "sst2", "qnli", "mnli", "qqp", "wnli")
 """The order of the tables' columns."""
-__all__ = ["MAIN_METRIC", "TASK_ORDER", "at_uniform_predictor", "input_blind_baselines"]
+__all__ = ["MAIN_METRIC", "TASK_ORDER", "at_uniform_predictor", "input_blind_baselines", "run_at_uniform_predictor"]
 
 
 UNIFORM_LOSS_TOLERANCE = 0.002
@@ -25,6 +25,11 @@ def at_uniform_predictor(task: str, eval_loss: Optional[float]) -> bool:
     return (not spec.is_regression and eval_loss is not None
             and abs(eval_loss - math.log(spec.num_labels)) < UNIFORM_LOSS_TOLERANCE)
 
+
+def run_at_uniform_predictor(row: dict) -> bool:
+    """Whether a row's scored model (its best, or its last where it kept the best: `last_eval_loss`)
+    ended at the uniform predictor's dev loss: such a score measures nothing learnt."""
+    return any(at_uniform_predictor(row["task"], row["results"].get(key)) for key in ("eval_loss", "last_eval_loss"))
 
 
 def input_blind_baselines(glue_dir: Optional[str], tasks: list[str],
