@@ -28,7 +28,8 @@ fi
 python3 -m studies.device_copy unpack --packed .device/model_fp16 --out /tmp/minilm >> "$OUT/machine.txt" 2>&1 || exit 1
 for job in "${JOBS[@]}"; do
   IFS=: read -r spec cell seeds <<< "$job"
-  folder=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['arguments']['results_dir'])" "$spec")-gpu
+  folder=$(python3 -c "import sys; from pathlib import Path; from studies.grid import load_spec
+print(load_spec(Path(sys.argv[1]))['arguments']['results_dir'])" "$spec")-gpu
   mkdir -p "$OUT/$(basename "$folder")"
   [[ -d $folder ]] && cp -r "$folder/." "$OUT/$(basename "$folder")/"
   left=$(( DEADLINE - $(date +%s) ))

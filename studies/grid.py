@@ -300,9 +300,35 @@ def spec_argument_list(arguments: dict) -> list[str]:
     return argv
 
 
+def load_spec(path: Path, extended_by: tuple[Path, ...] = ()) -> dict:
+    """A spec file with its `extends` resolved, so that a study's later specs do not copy its first.
+    `{"extends": "pilot.json", "arguments": {...}, "cells": [...]}` takes the named spec's (a path beside
+    this one) `arguments`, each replaced by its own, its `summary` unless it has one, and the named
+    spec's cells by name in the order listed (a list), or cells of its own (a dict)."""
+    if path in extended_by:
+        raise SystemExit(f"studies.grid: error: {path}: its `extends` leads back to itself; name a spec that does not.")
+    if not path.is_file():
+        raise SystemExit(f"studies.grid: error: {extended_by[-1] if extended_by else '--spec'}: no spec {path}; "
+                         "name a JSON file (an `extends` path is relative to the spec that names it).")
+    spec = json.loads(path.read_text())
+    if "extends" not in spec:
+        return spec
+    parent = load_spec(path.parent / spec.pop("extends"), extended_by + (path,))
+    cells = spec.get("cells", list(parent["cells"]))
+    if isinstance(cells, list):
+        unknown = [name for name in cells if name not in parent["cells"]]
+        if unknown:
+            raise SystemExit(f"studies.grid: error: {path}: cells {', '.join(unknown)}: not in the spec it extends; "
+                             f"its cells are {', '.join(parent['cells'])}.")
+        cells = {name: parent["cells"][name] for name in cells}
+    inherited = {"summary": parent["summary"]} if "summary" in parent else {}
+    return {**inherited, **spec, "arguments": {**parent["arguments"], **spec.get("arguments", {})}, "cells": cells}
+
+
 def run_spec(argv: list[str]) -> None:
     """`--spec FILE [--cells NAME ...] [ARGUMENT ...]`: a study's spec, a JSON file of `arguments` shared
-    by every cell and `cells` (name -> the arguments that make the cell), each cell a grid of its own
+    by every cell and `cells` (name -> the arguments that make the cell; or one that `extends` another,
+    `load_spec`), each cell a grid of its own
     in `<results_dir>/<name>` (or in the cell's own `results_dir`, where it names one). Arguments on the
     command line override the spec's (`--seeds 4 5`, `--plan_only`); `--results_dir` there names the
     study's folder, the cells' folders inside it (a lent GPU's rows kept apart). Seeds run outermost, then cells:
@@ -322,7 +348,7 @@ def run_spec(argv: list[str]) -> None:
     if "--results_dir" in rest:
         start = rest.index("--results_dir")
         study_dir, rest = rest[start + 1], rest[:start] + rest[start + 2:]
-    spec = json.loads(path.read_text())
+    spec = load_spec(path)
     cells = spec["cells"]
     unknown = [name for name in wanted or [] if name not in cells]
     if unknown:

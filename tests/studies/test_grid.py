@@ -489,3 +489,56 @@ def test_the_early_stopping_and_compression_options_reach_run_glue_only_when_use
     plain = rg.run_settings("sst2", "adamw@label_smoothing_factor=0.1", 1, grid(tmp_path, tasks=["sst2"]))
     assert plain["label_smoothing_factor"] == "0.1"
     assert not {"early_stopping_split", "eval_compressed", "sam_group_size"} & set(plain)
+
+
+def write_spec(path, spec: dict):
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def test_a_spec_that_extends_another_takes_its_arguments_cells_and_summary(tmp_path):
+    write_spec(tmp_path / "first.json", {
+        "about": ["the first"], "budget": "2 runs", "summary": ["studies.summarize_beyond", "{study_dir}"],
+        "arguments": {"learning_rate": 1e-4, "results_dir": "r", "seeds": [1, 2], "methods": ["adamw"]},
+        "cells": {"a": {"tasks": ["rte"]}, "b": {"tasks": ["mrpc"], "num_train_epochs": 5}, "c": {"tasks": ["cola"]}}})
+    (tmp_path / "later").mkdir()
+    by_name = write_spec(tmp_path / "later" / "by_name.json", {
+        "about": ["the second"], "extends": "../first.json", "arguments": {"methods": ["sam"], "seeds": [3]},
+        "cells": ["c", "b"]})
+    assert rg.load_spec(by_name) == {
+        "about": ["the second"], "summary": ["studies.summarize_beyond", "{study_dir}"],
+        "arguments": {"learning_rate": 1e-4, "results_dir": "r", "seeds": [3], "methods": ["sam"]},
+        "cells": {"c": {"tasks": ["cola"]}, "b": {"tasks": ["mrpc"], "num_train_epochs": 5}}}
+    own = write_spec(tmp_path / "own.json", {"extends": "first.json", "summary": [], "cells": {"d": {"tasks": ["wnli"]}}})
+    assert rg.load_spec(own) == {"summary": [], "cells": {"d": {"tasks": ["wnli"]}},
+                                 "arguments": {"learning_rate": 1e-4, "results_dir": "r", "seeds": [1, 2],
+                                               "methods": ["adamw"]}}
+    assert list(rg.load_spec(write_spec(tmp_path / "all.json", {"extends": "first.json"}))["cells"]) == ["a", "b", "c"]
+
+
+def test_a_spec_that_extends_badly_fails_in_one_line(tmp_path):
+    write_spec(tmp_path / "first.json", {"arguments": {}, "cells": {"a": {}}})
+    with pytest.raises(SystemExit, match=r"cells z: not in the spec it extends; its cells are a\.$"):
+        rg.load_spec(write_spec(tmp_path / "second.json", {"extends": "first.json", "cells": ["a", "z"]}))
+    with pytest.raises(SystemExit, match=r"lost\.json: no spec .*gone\.json; name a JSON file"):
+        rg.load_spec(write_spec(tmp_path / "lost.json", {"extends": "gone.json"}))
+    write_spec(tmp_path / "x.json", {"extends": "y.json"})
+    with pytest.raises(SystemExit, match=r"y\.json: its `extends` leads back to itself"):
+        rg.load_spec(write_spec(tmp_path / "y.json", {"extends": "x.json"}))
+    with pytest.raises(SystemExit, match=r"--spec: no spec .*nothing\.json"):
+        rg.main(["--spec", str(tmp_path / "nothing.json"), "--plan_only"])
+
+
+@pytest.mark.parametrize("name", ["beyond_training_less_pilot", "beyond_training_less_clean", "beyond_training_less_m1"])
+def test_a_running_studys_specs_plan_every_committed_row_of_theirs_as_done(name, capsys, monkeypatch):
+    """The issue-39 specs extend the pilot rather than copy it: each still plans as done every committed
+    row of its cells, seeds and arms (the same settings, hence the same keys, as when the rows ran)."""
+    monkeypatch.chdir(rg.REPO)
+    spec = rg.load_spec(rg.REPO / "studies" / "specs" / f"{name}.json")
+    arms = set(spec["arguments"]["methods"])
+    committed = sum(1 for cell in spec["cells"]
+                    for row in row_store.load_rows(rg.REPO / spec["arguments"]["results_dir"] / cell / "results.jsonl")
+                    if row["seed"] in spec["arguments"]["seeds"] and row["method"] in arms)
+    rg.main(["--spec", f"studies/specs/{name}.json", "--plan_only"])
+    first = capsys.readouterr().out.splitlines()[0]
+    assert committed > 0 and f"cells, {committed} done, 0 reused" in first, (committed, first)
