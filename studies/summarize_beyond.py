@@ -10,7 +10,7 @@ AdamW's drop (below 0: the arm loses less to it). Intervals are t-intervals Bonf
 over the cells (each at 1 - 0.05 / cells). Per cell too: each family (SAM, m-SAM at each m) tuned
 as a user would, by the validation split alone, against the plain control tuned the same way; and, post
 hoc, each family at its best on the held-out block (arm and model) against the plain family at its best. Writes `beyond.md` (the tables and the verdict lines)
-and `beyond.png` (held-out difference and three drops per arm, one marker per cell).
+and `beyond.png` (held-out difference and four drops per arm, a colour per cell).
 
     python -m studies.summarize_beyond docs/results/beyond-training-less
 """
@@ -35,7 +35,7 @@ LAST_VS_STOPPED = "last-vs-stopped"
 validation split to stop on, does what early stopping does for AdamW (a secondary outcome, added after
 the pilot's seed 2 showed the arms' early stopping on a 200-row noisy split pick poor models)."""
 
-PLOTTED = ("heldout", LAST_VS_STOPPED, "int8", "prune50", "noise0.02")
+PLOTTED = ("heldout", LAST_VS_STOPPED, "int8", "prune50", "prune70", "noise0.02")
 
 
 def outcome(row: dict, name: str) -> Optional[float]:
@@ -236,29 +236,41 @@ def verdict_lines(cells: dict[str, list[dict]], baseline: str, level: float) -> 
     return lines
 
 
-def plot(cells: dict[str, list[dict]], baseline: str, path: Path) -> None:
+def plot(cells: dict[str, list[dict]], baseline: str, path: Path, level: float) -> None:
+    """Per outcome, each arm's paired differences to the baseline, a colour per cell: every seed's (dots),
+    their mean (a marker) and, from 3 seeds, the interval at `level` (with 2 seeds it spans tens of points)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     methods = list(dict.fromkeys(r["method"] for rows in cells.values() for r in rows if r["method"] != baseline))
-    fig, axes = plt.subplots(1, len(PLOTTED), figsize=(4 * len(PLOTTED), 3.6 + 0.12 * len(methods)), squeeze=False)
-    for ax, what in zip(axes[0], PLOTTED):
+    columns, lines = 3, -(-len(PLOTTED) // 3)
+    fig, axes = plt.subplots(lines, columns, squeeze=False, figsize=(4.5 * columns, (2 + 0.2 * len(methods)) * lines))
+    for ax in axes.flat[len(PLOTTED):]:
+        ax.set_visible(False)
+    for index, (ax, what) in enumerate(zip(axes.flat, PLOTTED)):
         for offset, (name, rows) in enumerate(cells.items()):
+            label = name
             for y, method in enumerate(methods):
                 values = paired(rows, method, baseline, what)
                 if values:
-                    mean = statistics.fmean(values)
-                    ax.plot(100 * mean, y + 0.15 * offset, "o", color=f"C{offset}", label=name if y == 0 else None)
+                    mean, low, high = interval(values, level)
+                    at = y + 0.15 * offset
+                    if len(values) >= 3:
+                        ax.plot([100 * low, 100 * high], [at, at], color=f"C{offset}", lw=1.2)
+                    ax.plot([100 * v for v in values], [at] * len(values), ".", color=f"C{offset}", alpha=0.35, ms=3)
+                    ax.plot(100 * mean, at, "o", color=f"C{offset}", label=label)
+                    label = None
         ax.axvline(0, color="grey", lw=0.8)
-        ax.set_yticks(range(len(methods)), [short_name(m) for m in methods] if ax is axes[0][0] else [""] * len(methods),
+        ax.set_yticks(range(len(methods)), [short_name(m) for m in methods] if index % columns == 0 else [""] * len(methods),
                       fontsize=7)
         ax.set_title({"heldout": "held-out - AdamW", LAST_VS_STOPPED: "last model - AdamW early-stopped"
                       }.get(what, f"{what} drop - AdamW's"), fontsize=9)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    fig.supxlabel("points x 100, mean over paired seeds (early-stopped AdamW = 0)", fontsize=8)
+    fig.supxlabel(f"points x 100 (early-stopped AdamW = 0): each paired seed (dots), their mean (marker), from 3 seeds "
+                  f"the {100 * level:.2f} % interval (line)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -290,7 +302,7 @@ def main(argv: Optional[list[str]] = None) -> str:
         text += cell_lines(name, rows, args.baseline, level, benchmark)
     text += ["## Verdict, computed", "", *verdict_lines(cells, args.baseline, level), ""]
     (args.results_dir / "beyond.md").write_text("\n".join(text))
-    plot(cells, args.baseline, args.results_dir / "beyond.png")
+    plot(cells, args.baseline, args.results_dir / "beyond.png", level)
     print("\n".join(text))
     return "\n".join(text)
 
