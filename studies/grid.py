@@ -303,8 +303,8 @@ def spec_argument_list(arguments: dict) -> list[str]:
 def load_spec(path: Path, extended_by: tuple[Path, ...] = ()) -> dict:
     """A spec file with its `extends` resolved, so that a study's later specs do not copy its first.
     `{"extends": "pilot.json", "arguments": {...}, "cells": [...]}` takes the named spec's (a path beside
-    this one) `arguments`, each replaced by its own, its `summary` unless it has one, and the named
-    spec's cells by name in the order listed (a list), or cells of its own (a dict)."""
+    this one) `arguments`, each replaced by its own (`null`: left out), its `summary` unless it has one,
+    and the named spec's cells by name in the order listed (a list), or cells of its own (a dict)."""
     if path in extended_by:
         raise SystemExit(f"studies.grid: error: {path}: its `extends` leads back to itself; name a spec that does not.")
     if not path.is_file():
@@ -322,7 +322,9 @@ def load_spec(path: Path, extended_by: tuple[Path, ...] = ()) -> dict:
                              f"its cells are {', '.join(parent['cells'])}.")
         cells = {name: parent["cells"][name] for name in cells}
     inherited = {"summary": parent["summary"]} if "summary" in parent else {}
-    return {**inherited, **spec, "arguments": {**parent["arguments"], **spec.get("arguments", {})}, "cells": cells}
+    arguments = {name: value for name, value in {**parent["arguments"], **spec.get("arguments", {})}.items()
+                 if value is not None}
+    return {**inherited, **spec, "arguments": arguments, "cells": cells}
 
 
 def run_spec(argv: list[str]) -> None:

@@ -450,10 +450,12 @@ def test_every_committed_spec_plans_without_writing(spec, capsys, monkeypatch):
     assert re.fullmatch(r"\d+ done, \d+ reused, \d+ to run of [1-9]\d*", last), last
 
 
-@pytest.mark.parametrize("name", ["glue_tuning_lr", "glue_tuning_rho", "glue_full", "collapse"])
+@pytest.mark.parametrize("name", ["glue_tuning_lr", "glue_tuning_rho", "glue_full", "collapse", "frontier_controls",
+                                  "frontier_default"])
 def test_the_finished_studies_specs_name_exactly_their_committed_runs(name, capsys, monkeypatch):
-    """The specs that replaced the shell grids (tuning, GLUE grid, collapse study) plan every committed
-    run as done: the same settings, hence the same keys, the warm starts' folders included."""
+    """The specs that replaced the shell grids (tuning, GLUE grid, collapse study), and the frontier's that
+    extend frontier.json, plan every committed run as done: the same settings, hence the same keys, the
+    warm starts' folders included."""
     monkeypatch.chdir(rg.REPO)
     rg.main(["--spec", f"studies/specs/{name}.json", "--plan_only"])
     last = capsys.readouterr().out.strip().splitlines()[-1]
@@ -509,10 +511,10 @@ def test_a_spec_that_extends_another_takes_its_arguments_cells_and_summary(tmp_p
         "about": ["the second"], "summary": ["studies.summarize_beyond", "{study_dir}"],
         "arguments": {"learning_rate": 1e-4, "results_dir": "r", "seeds": [3], "methods": ["sam"]},
         "cells": {"c": {"tasks": ["cola"]}, "b": {"tasks": ["mrpc"], "num_train_epochs": 5}}}
-    own = write_spec(tmp_path / "own.json", {"extends": "first.json", "summary": [], "cells": {"d": {"tasks": ["wnli"]}}})
+    own = write_spec(tmp_path / "own.json", {"extends": "first.json", "summary": [], "cells": {"d": {"tasks": ["wnli"]}},
+                                             "arguments": {"learning_rate": None}})
     assert rg.load_spec(own) == {"summary": [], "cells": {"d": {"tasks": ["wnli"]}},
-                                 "arguments": {"learning_rate": 1e-4, "results_dir": "r", "seeds": [1, 2],
-                                               "methods": ["adamw"]}}
+                                 "arguments": {"results_dir": "r", "seeds": [1, 2], "methods": ["adamw"]}}
     assert list(rg.load_spec(write_spec(tmp_path / "all.json", {"extends": "first.json"}))["cells"]) == ["a", "b", "c"]
 
 
