@@ -38,12 +38,20 @@ the pilot's seed 2 showed the arms' early stopping on a 200-row noisy split pick
 PLOTTED = ("heldout", LAST_VS_STOPPED, "int8", "prune50", "prune70", "noise0.02")
 
 
+SCORED = " score"
+"""A compression's name + SCORED: the compressed model's held-out score itself (what a user who ships it gets),
+rather than its drop from the model's own score."""
+
+
 def outcome(row: dict, name: str) -> Optional[float]:
-    """`heldout`: the best model's held-out score; `last`: the last model's; a compression: its drop."""
+    """`heldout`: the best model's held-out score; `last`: the last model's; a compression: its drop;
+    a compression + `SCORED`: the score after it."""
     if name == "heldout":
         return row.get("heldout_score")
     if name == "last":
         return row.get("last_heldout_score")
+    if name.endswith(SCORED):
+        return row["results"].get(f"heldout_{name.removesuffix(SCORED)}_{row['metric']}")
     return row["results"].get(f"heldout_{name}_drop_{row['metric']}")
 
 
@@ -103,7 +111,18 @@ def cell_lines(name: str, rows: list[dict], baseline: str, level: float, benchma
         uniform = sum(run_at_uniform_predictor(r) for r in rows if r["method"] == method)
         lines.append(f"| `{method}` | {len(own)} | {uniform or ''} | {mean} | " + " | ".join(cells)
                      + f" | {'—' if ratio is None else f'{ratio:.2f}'} |")
-    return lines + [""] + tuned_lines(rows, level) + heldout_tuned_lines(rows, level) + seed_lines(rows, methods)
+    return (lines + [""] + compressed_lines(rows, methods, baseline, level) + tuned_lines(rows, level)
+            + heldout_tuned_lines(rows, level) + seed_lines(rows, methods))
+
+
+def compressed_lines(rows: list[dict], methods: list[str], baseline: str, level: float) -> list[str]:
+    """Each arm's score after each compression minus AdamW's after the same compression: a smaller drop
+    from a lower score can still leave the worse compressed model."""
+    return (["Score after each compression - AdamW's after it (the held-out difference minus the drop difference), "
+             "paired by seed:", "", "| arm | " + " | ".join(COMPRESSIONS) + " |", "|---" * (1 + len(COMPRESSIONS)) + "|"]
+            + [f"| `{method}` | " + " | ".join(difference_cell(paired(rows, method, baseline, c + SCORED), level)
+                                              for c in COMPRESSIONS) + " |" for method in methods if method != baseline]
+            + [""])
 
 
 def seed_lines(rows: list[dict], methods: list[str]) -> list[str]:
@@ -224,11 +243,12 @@ def verdict_lines(cells: dict[str, list[dict]], baseline: str, level: float) -> 
     for method in methods:
         found = []
         for name, rows in cells.items():
-            for what in ("heldout", LAST_VS_STOPPED, *COMPRESSIONS):
+            for what in ("heldout", LAST_VS_STOPPED, *COMPRESSIONS, *(c + SCORED for c in COMPRESSIONS)):
                 side = separated(rows, method, baseline, what, level)
                 if side:
                     label = {"heldout": "held-out score", LAST_VS_STOPPED: "last model's held-out score (secondary)"
-                             }.get(what, f"{what} drop")
+                             }.get(what, f"score after {what.removesuffix(SCORED)}" if what.endswith(SCORED)
+                                   else f"{what} drop")
                     found.append(f"{name}: {label} {side} AdamW's" + (" early-stopped one" if what == LAST_VS_STOPPED else ""))
         seeds = min((len(paired(rows, method, baseline, "heldout")) for rows in cells.values()), default=0)
         lines.append(f"- `{method}` (at least {seeds} paired seeds a cell): "

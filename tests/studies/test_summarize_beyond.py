@@ -12,9 +12,11 @@ from studies import summarize_beyond
 
 
 def row(method: str, seed: int, heldout: float, last: float, drops: dict[str, float]) -> dict:
+    """A run's row as run_glue writes it: each compression's drop and the score after it."""
     return {"task": "sst2", "method": method, "seed": seed, "metric": "accuracy", "heldout_score": heldout,
             "last_heldout_score": last, "results": {"train_median_step_time": 1.0 if method == "adamw" else 0.5,
-                                                    **{f"heldout_{k}_drop_accuracy": v for k, v in drops.items()}}}
+                                                    **{f"heldout_{k}_drop_accuracy": v for k, v in drops.items()},
+                                                    **{f"heldout_{k}_accuracy": heldout - v for k, v in drops.items()}}}
 
 
 def write(folder, rows):
@@ -48,6 +50,8 @@ def test_differences_intervals_and_the_verdict(tmp_path):
     assert "| `sam@sam_rho=0.1` | 75.0 / 66.0 | 76.0 / 66.0 | 77.0 / 66.0 |" in text  # each run, best / last
     assert "noisy: last model's held-out score (secondary) below AdamW's early-stopped one" in verdict
     assert "clean:" not in verdict  # nothing separated there (the last models tie AdamW's early-stopped ones)
+    # after int8: SAM's (0.75 - 0.02, 0.76 - 0.01, 0.77 - 0.015) minus AdamW's 0.70 - 0.04: +7, +9, +9.5 points
+    assert "| `sam@sam_rho=0.1` | +8.5 [" in text and "noisy: score after int8 above AdamW's" in verdict
     # the step's cost from the clean benchmark, not from the study's runs on a shared machine (0.5 there)
     assert text.count("| 2.16 |") == 2 and "| 0.50 |" not in text and "test CPU" in text
     assert "| `sam@sam_rho=0.1` | 3 | 1 |" in text and "| `adamw` | 3 |  |" in text  # one run at ln 2
