@@ -305,7 +305,7 @@ def load_spec(path: Path, extended_by: tuple[Path, ...] = ()) -> dict:
     `{"extends": "pilot.json", "arguments": {...}, "cells": [...]}` takes the named spec's (a path beside
     this one) `arguments`, each replaced by its own (`null`: left out), its `summary` unless it has one,
     and the named spec's cells by name in the order listed (a list), or cells of its own (a dict)."""
-    if path in extended_by:
+    if path.resolve() in {earlier.resolve() for earlier in extended_by}:
         raise SystemExit(f"studies.grid: error: {path}: its `extends` leads back to itself; name a spec that does not.")
     if not path.is_file():
         raise SystemExit(f"studies.grid: error: {extended_by[-1] if extended_by else '--spec'}: no spec {path}; "
@@ -329,9 +329,9 @@ def load_spec(path: Path, extended_by: tuple[Path, ...] = ()) -> dict:
 
 def run_spec(argv: list[str]) -> None:
     """`--spec FILE [--cells NAME ...] [ARGUMENT ...]`: a study's spec, a JSON file of `arguments` shared
-    by every cell and `cells` (name -> the arguments that make the cell; or one that `extends` another,
-    `load_spec`), each cell a grid of its own
-    in `<results_dir>/<name>` (or in the cell's own `results_dir`, where it names one). Arguments on the
+    by every cell and `cells` (name -> the arguments that make the cell), or one that `extends` another
+    (`load_spec`); each cell a grid of its own in `<results_dir>/<name>` (or in the cell's own
+    `results_dir`, where it names one). Arguments on the
     command line override the spec's (`--seeds 4 5`, `--plan_only`); `--results_dir` there names the
     study's folder, the cells' folders inside it (a lent GPU's rows kept apart). Seeds run outermost, then cells:
     every cell has seed 1 before any has seed 2. Prints the plan (runs, the spec's `budget`) first.

@@ -524,7 +524,8 @@ def test_a_spec_that_extends_badly_fails_in_one_line(tmp_path):
         rg.load_spec(write_spec(tmp_path / "second.json", {"extends": "first.json", "cells": ["a", "z"]}))
     with pytest.raises(SystemExit, match=r"lost\.json: no spec .*gone\.json; name a JSON file"):
         rg.load_spec(write_spec(tmp_path / "lost.json", {"extends": "gone.json"}))
-    write_spec(tmp_path / "x.json", {"extends": "y.json"})
+    (tmp_path / "sub").mkdir()
+    write_spec(tmp_path / "x.json", {"extends": "sub/../y.json"})  # the same file by another path
     with pytest.raises(SystemExit, match=r"y\.json: its `extends` leads back to itself"):
         rg.load_spec(write_spec(tmp_path / "y.json", {"extends": "x.json"}))
     with pytest.raises(SystemExit, match=r"--spec: no spec .*nothing\.json"):
