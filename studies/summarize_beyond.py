@@ -255,8 +255,9 @@ def verdict_lines(cells: dict[str, list[dict]], baseline: str, level: float) -> 
                              }.get(what, f"score after {what.removesuffix(SCORED)}" if what.endswith(SCORED)
                                    else f"{what} drop")
                     found.append(f"{name}: {label} {side} AdamW's" + (" early-stopped one" if what == LAST_VS_STOPPED else ""))
-        seeds = min((len(paired(rows, method, baseline, "heldout")) for rows in cells.values()), default=0)
-        lines.append(f"- `{method}` (at least {seeds} paired seeds a cell): "
+        seeds = ", ".join(f"{name} {len(paired(rows, method, baseline, 'heldout'))}" for name, rows in cells.items()
+                          if any(r["method"] == method for r in rows))
+        lines.append(f"- `{method}` (paired seeds: {seeds}): "
                      + ("; ".join(found) if found else "nothing separated from the early-stopped AdamW") + ".")
     return lines
 

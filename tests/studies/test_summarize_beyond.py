@@ -45,6 +45,7 @@ def test_differences_intervals_and_the_verdict(tmp_path):
     assert "97.50 %" in text
     verdict = text.split("## Verdict, computed", 1)[1]
     assert "noisy: held-out score above AdamW's" in verdict and "noisy: int8 drop below AdamW's" in verdict
+    assert "- `sam@sam_rho=0.1` (paired seeds: clean 3, noisy 3):" in verdict
     # trained to the end, SAM's last model (0.66) against AdamW's early-stopped one (0.70), on every seed
     assert "| -4.0 [-4.0, -4.0] |" in text
     assert "| `sam@sam_rho=0.1` | 75.0 / 66.0 | 76.0 / 66.0 | 77.0 / 66.0 |" in text  # each run, best / last
