@@ -6,10 +6,12 @@ Reads `<results_dir>/<cell>/results.jsonl` (the grid's rows of `studies/specs/be
 every arm early-stopped, `--eval_compressed`). Per cell and arm, paired by seed with the
 early-stopped AdamW (`--baseline`): the held-out score of the best model (and of the last), and for
 each compression (int8, pruning 30/50/70 %, weight noise 0.01/0.02/0.05) the arm's drop minus
-AdamW's drop (below 0: the arm loses less to it). Intervals are t-intervals Bonferroni-corrected
+AdamW's drop (below 0: the arm loses less to it), and the score after it minus AdamW's (what a user who
+ships the compressed model gets). Intervals are t-intervals Bonferroni-corrected
 over the cells (each at 1 - 0.05 / cells). Per cell too: each family (SAM, m-SAM at each m) tuned
 as a user would, by the validation split alone, against the plain control tuned the same way; and, post
-hoc, each family at its best on the held-out block (arm and model) against the plain family at its best. Writes `beyond.md` (the tables and the verdict lines)
+hoc, each family at its best on the held-out block (arm and model) against the plain family at its best,
+also on the fresh seeds alone (those neither choice was made on). Writes `beyond.md` (the tables and the verdict lines)
 and `beyond.png` (held-out difference and four drops per arm, a colour per cell).
 
     python -m studies.summarize_beyond docs/results/beyond-training-less
@@ -271,8 +273,9 @@ def plot(cells: dict[str, list[dict]], baseline: str, path: Path, level: float) 
     import matplotlib.pyplot as plt
 
     methods = list(dict.fromkeys(r["method"] for rows in cells.values() for r in rows if r["method"] != baseline))
-    columns, lines = 3, -(-len(PLOTTED) // 3)
-    fig, axes = plt.subplots(lines, columns, squeeze=False, figsize=(4.5 * columns, (2 + 0.2 * len(methods)) * lines))
+    columns, panel_rows = 3, -(-len(PLOTTED) // 3)
+    fig, axes = plt.subplots(panel_rows, columns, squeeze=False,
+                             figsize=(4.5 * columns, (2 + 0.2 * len(methods)) * panel_rows))
     for ax in axes.flat[len(PLOTTED):]:
         ax.set_visible(False)
     for index, (ax, what) in enumerate(zip(axes.flat, PLOTTED)):
