@@ -244,6 +244,13 @@ def separated(rows: list[dict], method: str, baseline: str, name: str, level: fl
     return "above" if low > 0 else "below" if high < 0 else None
 
 
+def outcome_label(what: str) -> str:
+    """An outcome as the verdict lines name it."""
+    if what.endswith(SCORED):
+        return f"score after {what.removesuffix(SCORED)}"
+    return {"heldout": "held-out score", LAST_VS_STOPPED: "last model's held-out score (secondary)"}.get(what, f"{what} drop")
+
+
 def verdict_lines(cells: dict[str, list[dict]], baseline: str, level: float) -> list[str]:
     lines = []
     methods = list(dict.fromkeys(r["method"] for rows in cells.values() for r in rows if r["method"] != baseline))
@@ -253,10 +260,7 @@ def verdict_lines(cells: dict[str, list[dict]], baseline: str, level: float) -> 
             for what in ("heldout", LAST_VS_STOPPED, *COMPRESSIONS, *(c + SCORED for c in COMPRESSIONS)):
                 side = separated(rows, method, baseline, what, level)
                 if side:
-                    label = {"heldout": "held-out score", LAST_VS_STOPPED: "last model's held-out score (secondary)"
-                             }.get(what, f"score after {what.removesuffix(SCORED)}" if what.endswith(SCORED)
-                                   else f"{what} drop")
-                    found.append(f"{name}: {label} {side} AdamW's" + (" early-stopped one" if what == LAST_VS_STOPPED else ""))
+                    found.append(f"{name}: {outcome_label(what)} {side} AdamW's" + (" early-stopped one" if what == LAST_VS_STOPPED else ""))
         seeds = ", ".join(f"{name} {len(paired(rows, method, baseline, 'heldout'))}" for name, rows in cells.items()
                           if any(r["method"] == method for r in rows))
         lines.append(f"- `{method}` (paired seeds: {seeds}): "

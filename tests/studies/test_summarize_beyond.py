@@ -111,4 +111,5 @@ def test_each_family_at_its_best_on_the_heldout_block_arm_and_model():
     # a plain arm run on seeds 1-2 alone: the plain choice is made on 1, 2, so seed 3 is fresh for both families
     rows += [row("adamw@learning_rate=2e-4", s, 0.50, 0.50, {}) for s in (1, 2)]
     text = "\n".join(summarize_beyond.heldout_tuned_lines(rows, 0.95))
-    assert "| sam | `sam@sam_rho=0.1` | early-stopped | 1, 2 | " in text and "| +1.0 (n=1) |" in text  # 0.79 - 0.78
+    assert (f"| sam | `sam@sam_rho=0.1` | early-stopped | 1, 2 | {100 * mean:+.1f} "
+            f"[{100 * (mean - half):+.1f}, {100 * (mean + half):+.1f}] | +1.0 (n=1) |") in text  # fresh: 0.79 - 0.78
