@@ -297,6 +297,14 @@ def compression_results(trainer: KSAMTrainer, dataset: datasets.Dataset, split: 
     return results
 
 
+def predicted_classes(trainer: KSAMTrainer, dataset: datasets.Dataset) -> int:
+    """How many classes the model predicts over `dataset`. 1 is a constant predictor: it learnt nothing
+    the input says, whatever its loss (on an imbalanced task a loss just under the class prior's entropy
+    can still predict one class for every row, a score such as CoLA's MCC then exactly 0)."""
+    logits = trainer.predict(dataset, metric_key_prefix="classes").predictions
+    return int(np.unique(predictions_from_logits(logits, is_regression=False)).size)
+
+
 def given_options(argv: Sequence[str]) -> set[str]:
     """Option names on a command line (`--sam-mode x` and `--sam_mode=x` both give `sam_mode`)."""
     return {arg[2:].split("=", 1)[0].replace("-", "_") for arg in argv if arg.startswith("--")}
@@ -743,6 +751,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             if "heldout" in processed:  # the training file's held-out block (--test_split_rows)
                 metrics = trainer.evaluate(eval_dataset=processed["heldout"], metric_key_prefix=f"{prefix}heldout")
                 metrics[f"{prefix}heldout_samples"] = len(processed["heldout"])
+                if not is_regression:
+                    metrics[f"{prefix}heldout_predicted_classes"] = predicted_classes(trainer, processed["heldout"])
                 combined.update(metrics)
                 trainer.log_metrics("heldout", metrics)
             return combined

@@ -29,7 +29,7 @@ from typing import Callable, Optional
 from studies.methods import PLAIN_METHODS, parse, short_name
 from studies.rows import load_rows
 from studies.stats import difference_cell, interval
-from studies.tasks import run_at_uniform_predictor
+from studies.tasks import run_input_blind
 
 COMPRESSIONS = ("int8", "prune30", "prune50", "prune70", "noise0.01", "noise0.02", "noise0.05")
 LAST_VS_STOPPED = "last-vs-stopped"
@@ -98,12 +98,13 @@ def step_cost(method: str, benchmark: dict[str, float]) -> Optional[float]:
 
 def cell_lines(name: str, rows: list[dict], baseline: str, level: float, benchmark: dict[str, float]) -> list[str]:
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    header = ("| arm | seeds | at 50/50 | held-out (best) | - AdamW | last model - AdamW's last | "
+    header = ("| arm | seeds | input-blind | held-out (best) | - AdamW | last model - AdamW's last | "
               "last model - AdamW early-stopped | "
               + " | ".join(f"{c} drop - AdamW's" for c in COMPRESSIONS) + " | step / AdamW (benchmark) |")
     lines = [f"### {name}", "", f"Baseline: `{baseline}`, early-stopped as every arm; intervals at "
-             f"{100 * level:.2f} % (Bonferroni over the cells). At 50/50: runs whose best or last model ends at the dev "
-             "loss of the uniform predictor (ln classes): their scores measure nothing learnt.", "", header,
+             f"{100 * level:.2f} % (Bonferroni over the cells). Input-blind: runs whose best or last model ends at the dev "
+             "loss of the uniform predictor (ln classes) or predicts one class for every held-out row: their scores "
+             "measure nothing learnt.", "", header,
              "|---" * (8 + len(COMPRESSIONS)) + "|"]
     for method in methods:
         own = [r["heldout_score"] for r in rows if r["method"] == method and r.get("heldout_score") is not None]
@@ -111,8 +112,8 @@ def cell_lines(name: str, rows: list[dict], baseline: str, level: float, benchma
         cells = [difference_cell(paired(rows, method, baseline, o), level) if method != baseline else ""
                  for o in ("heldout", "last", LAST_VS_STOPPED, *COMPRESSIONS)]
         ratio = step_cost(method, benchmark)
-        uniform = sum(run_at_uniform_predictor(r) for r in rows if r["method"] == method)
-        lines.append(f"| `{method}` | {len(own)} | {uniform or ''} | {mean} | " + " | ".join(cells)
+        blind = sum(run_input_blind(r) for r in rows if r["method"] == method)
+        lines.append(f"| `{method}` | {len(own)} | {blind or ''} | {mean} | " + " | ".join(cells)
                      + f" | {'—' if ratio is None else f'{ratio:.2f}'} |")
     return (lines + [""] + compressed_lines(rows, methods, baseline, level) + tuned_lines(rows, level)
             + heldout_tuned_lines(rows, level) + seed_lines(rows, methods))

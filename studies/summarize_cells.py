@@ -21,7 +21,7 @@ from typing import Optional
 from studies.methods import short_name
 from studies.rows import load_rows
 from studies.stats import difference_cell, interval
-from studies.tasks import UNIFORM_LOSS_TOLERANCE, run_at_uniform_predictor
+from studies.tasks import UNIFORM_LOSS_TOLERANCE, run_input_blind
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def mean(values: list[Optional[float]]) -> Optional[float]:
 
 
 def cell_table(cells: dict[str, tuple[Cell, list[dict]]], baseline: str) -> list[str]:
-    lines = ["| cell | task | n | noise | epochs | method | seeds | at 50/50 | held-out | dev | held-out loss | dev loss "
+    lines = ["| cell | task | n | noise | epochs | method | seeds | input-blind | held-out | dev | held-out loss | dev loss "
              "| held-out diff | dev diff | dev - baseline's best epoch | step / baseline |", "|---" * 16 + "|"]
     for name, (cell, rows) in cells.items():
         methods = list(dict.fromkeys(r["method"] for r in rows))
@@ -81,7 +81,7 @@ def cell_table(cells: dict[str, tuple[Cell, list[dict]]], baseline: str) -> list
                       and r.get("machine") == b.get("machine")]
             lines.append(" | ".join([
                 f"| {name}", cell.task, cell.train_size, f"{cell.noise:g}", cell.epochs, method, str(len(own)),
-                str(sum(run_at_uniform_predictor(r) for r in own) or ""),
+                str(sum(run_input_blind(r) for r in own) or ""),
                 fmt(mean([r.get("heldout_score") for r in own])), fmt(mean([r["score"] for r in own])),
                 fmt(mean([r.get("heldout_loss") for r in own]), 1, 3), fmt(mean([r.get("eval_loss") for r in own]), 1, 3),
                 "" if method == baseline else difference_cell(paired(rows, method, baseline, "heldout_score")),
@@ -188,9 +188,9 @@ def main(argv: Optional[list[str]] = None) -> None:
             "data draw), mean [95 % t-interval], \"(n=1)\" for one seed. Held-out: the block of the training "
             "file no run trains on; dev: the GLUE dev set. Dev - baseline's best epoch: the final model's dev "
             f"score against {args.baseline}'s best dev score after any epoch (early stopping by an oracle that "
-            "reads the dev set it is scored on: the baseline's most flattering control). At 50/50: runs whose "
-            f"dev loss ended at the uniform predictor's (ln classes, within {UNIFORM_LOSS_TOLERANCE}): their scores "
-            "measure nothing learnt.", "",
+            "reads the dev set it is scored on: the baseline's most flattering control). Input-blind: runs "
+            f"whose best or last model ended at the uniform predictor's dev loss (ln classes, within "
+            f"{UNIFORM_LOSS_TOLERANCE}) or predicts one class for every held-out row: their scores measure nothing learnt.", "",
             *cell_table(cells, args.baseline), ""]
     (args.results_dir / "cells.md").write_text("\n".join(text))
     plot_gap(cells, args.baseline, args.results_dir / "gap.png")

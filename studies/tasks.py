@@ -12,7 +12,8 @@ from glue_scripts.glue_metrics import MAIN_METRIC, input_blind_baseline
 
 TASK_ORDER = ("rte", "mrpc", "cola", "stsb", "sst2", "qnli", "mnli", "qqp", "wnli")
 """The order of the tables' columns."""
-__all__ = ["MAIN_METRIC", "TASK_ORDER", "at_uniform_predictor", "input_blind_baselines", "run_at_uniform_predictor"]
+__all__ = ["MAIN_METRIC", "TASK_ORDER", "at_uniform_predictor", "input_blind_baselines", "run_at_uniform_predictor",
+           "run_input_blind"]
 
 
 UNIFORM_LOSS_TOLERANCE = 0.002
@@ -30,6 +31,20 @@ def run_at_uniform_predictor(row: dict) -> bool:
     """Whether a row's scored model (its best, or its last where it kept the best: `last_eval_loss`)
     ended at the uniform predictor's dev loss: such a score measures nothing learnt."""
     return any(at_uniform_predictor(row["task"], row["results"].get(key)) for key in ("eval_loss", "last_eval_loss"))
+
+
+def run_input_blind(row: dict) -> bool:
+    """Whether a row's best or last model learnt nothing the input says: it ends at the uniform predictor's
+    dev loss, or predicts one class for every held-out row (`heldout_predicted_classes`), which a loss
+    check misses on an imbalanced task (a loss near the class prior's entropy, not ln 2). Rows from
+    before that count: a held-out Matthews correlation of exactly 0, scikit-learn's value when one class
+    is predicted throughout."""
+    results = row["results"]
+    return run_at_uniform_predictor(row) or any(
+        results.get(f"{prefix}heldout_predicted_classes") == 1
+        or (f"{prefix}heldout_predicted_classes" not in results
+            and results.get(f"{prefix}heldout_matthews_correlation") == 0.0)
+        for prefix in ("", "last_"))
 
 
 def input_blind_baselines(glue_dir: Optional[str], tasks: list[str],

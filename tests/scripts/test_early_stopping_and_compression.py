@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from glue_scripts.run_glue import main
 from glue_scripts.training_split import split_for_stopping
@@ -52,6 +53,7 @@ def test_early_stopping_scores_the_best_model_and_the_last(tiny_model, tmp_path)
     best_step, best_score = max(scored, key=lambda item: (item[1], -item[0]))  # the first of the best
     assert (results["early_stopping_best_step"], results["early_stopping_best_score"]) == (best_step, best_score)
     assert {"last_heldout_accuracy", "heldout_accuracy", "last_eval_accuracy", "eval_accuracy"} <= set(results)
+    assert results["heldout_predicted_classes"] in (1, 2) and results["last_heldout_predicted_classes"] in (1, 2)
     assert best_step < results["train_steps"]  # here the best is not the last model...
     assert results["heldout_loss"] != results["last_heldout_loss"]  # ...and the scores are the best one's
     # The best model is the model of that step: a run stopped there (a constant learning rate, the same
@@ -67,3 +69,31 @@ def test_the_compressed_scores_and_their_drops(tiny_model, tmp_path):  # noqa: F
         score = results[f"heldout_{variant}_accuracy"]
         assert 0 <= score <= 1, variant
         assert results[f"heldout_{variant}_drop_accuracy"] == pytest.approx(results["heldout_accuracy"] - score)
+
+
+def test_predicted_classes_counts_the_classes_of_a_direct_forward(tiny_model, tmp_path):  # noqa: F811
+    """The count the summaries flag a constant predictor by, against the argmax of the model's own forward
+    pass; a classifier bias that swamps the input leaves one class, whatever the loss."""
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from glue_scripts.run_glue import predicted_classes
+    from ksam_hf import KSAMConfig, KSAMTrainer
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    sentences = [f"{word} film number {i}" for i, word in enumerate(["a fine", "an awful", "the dull", "our bright"] * 6)]
+    encoded = tokenizer(sentences)
+    dataset = Dataset.from_dict({**encoded, "label": [i % 2 for i in range(len(sentences))]})
+    trainer = KSAMTrainer(model=model, args=KSAMConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True,
+                                                       per_device_eval_batch_size=5), processing_class=tokenizer)
+    padded = tokenizer(sentences, padding=True, return_tensors="pt")
+    with torch.no_grad():  # the boundary at the median margin: inputs on both sides of it
+        logits = model(**padded).logits
+        model.classifier.bias[1] -= (logits[:, 1] - logits[:, 0]).median() + 1e-6
+        direct = set(model(**padded).logits.argmax(-1).tolist())
+    assert direct == {0, 1} and predicted_classes(trainer, dataset) == 2
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.tensor([0.0, 1e4]))
+    assert predicted_classes(trainer, dataset) == 1

@@ -240,6 +240,24 @@ def test_runs_at_the_uniform_predictors_loss_are_counted_in_the_score_cell(tmp_p
     assert tasks.at_uniform_predictor("mnli", math.log(3) + 0.001) and not tasks.at_uniform_predictor("stsb", 0.6931)
 
 
+def test_a_run_predicting_one_class_is_input_blind_whatever_its_loss():
+    """CoLA's class prior has entropy 0.618, not ln 2: a run stuck at one class ends near that loss, so
+    only its predictions tell; rows written before the count: a Matthews correlation of exactly 0."""
+    from sklearn.metrics import matthews_corrcoef
+
+    def cola(**results):
+        return {"task": "cola", "results": {"eval_loss": 0.600, **results}}
+
+    assert not tasks.run_at_uniform_predictor(cola())
+    assert tasks.run_input_blind(cola(heldout_predicted_classes=1, heldout_matthews_correlation=0.0))
+    assert tasks.run_input_blind(cola(heldout_predicted_classes=2, last_heldout_predicted_classes=1))
+    assert not tasks.run_input_blind(cola(heldout_predicted_classes=2, last_heldout_predicted_classes=2))
+    constant = float(matthews_corrcoef([0, 1, 1, 0, 1], [1, 1, 1, 1, 1]))  # one class predicted throughout
+    assert tasks.run_input_blind(cola(heldout_matthews_correlation=constant))
+    assert not tasks.run_input_blind(cola(heldout_matthews_correlation=0.13, last_heldout_matthews_correlation=0.12))
+    assert tasks.run_input_blind({"task": "rte", "results": {"eval_loss": 0.5, "last_eval_loss": math.log(2)}})
+
+
 def test_the_time_ratios_are_medians_of_same_seed_ratios(tmp_path, monkeypatch):
     """AdamW's seed-3 run was slowed (2.0 s a step against 1.0): the same-seed ratios of a method at
     1.5 s are 1.5, 1.5, 0.75, median 1.5; the ratio of the means would say 1.5 / 1.333 = 1.125. The
