@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
 from typing import Callable, Optional
+
+from scipy import stats
 
 from studies.methods import PLAIN_METHODS, parse, short_name
 from studies.rows import load_rows
@@ -72,6 +75,41 @@ def paired_models(rows: list[dict], method: str, own: str, baseline: str, theirs
     return [arm[s] - base[s] for s in sorted(arm) if arm[s] is not None and base.get(s) is not None]
 
 
+PLANNED_SEEDS = 5
+"""The seeds an arm with a sign in the pilot gets (the issue's 5+): the precision line's sample size."""
+
+
+def pooled_paired_sd(rows: list[dict], baseline: str) -> tuple[Optional[float], int, int]:
+    """The pooled standard deviation of the arms' paired held-out differences to the baseline (each arm's
+    spread about its own mean, weighted by its degrees of freedom; a pair with an input-blind run left out),
+    the arms pooled and the degrees of freedom: how much a cell's seeds disagree, whatever the arm."""
+    blind = {(r["method"], r["seed"]) for r in rows if run_input_blind(r)}
+    base = {r["seed"]: outcome(r, "heldout") for r in rows if r["method"] == baseline}
+    squares, dof, arms = 0.0, 0, 0
+    for method in dict.fromkeys(r["method"] for r in rows if r["method"] != baseline):
+        values = [outcome(r, "heldout") - base[r["seed"]] for r in rows
+                  if r["method"] == method and outcome(r, "heldout") is not None and base.get(r["seed"]) is not None
+                  and not {(method, r["seed"]), (baseline, r["seed"])} & blind]
+        if len(values) >= 2:
+            squares += statistics.variance(values) * (len(values) - 1)
+            dof, arms = dof + len(values) - 1, arms + 1
+    return (math.sqrt(squares / dof) if dof else None), arms, dof
+
+
+def precision_line(rows: list[dict], baseline: str, planned_cells: int) -> list[str]:
+    """What the cell can resolve: the half-width a `PLANNED_SEEDS`-seed paired interval would have at the
+    study's final level, from the pooled spread of its pilot's differences (the test of "too noisy")."""
+    sd, arms, dof = pooled_paired_sd(rows, baseline)
+    if sd is None:
+        return []
+    level = 1 - 0.05 / planned_cells
+    half = stats.t.ppf(1 - (1 - level) / 2, PLANNED_SEEDS - 1) * sd / math.sqrt(PLANNED_SEEDS)
+    return [f"Precision: the paired held-out differences to AdamW have a pooled SD of {100 * sd:.1f} points ({arms} arm{'s' * (arms != 1)}, "
+            f"{dof} degree{'s' * (dof != 1)} of freedom; a pair with an input-blind run left out), so {PLANNED_SEEDS} paired seeds would "
+            f"give an arm an interval of ± {100 * half:.1f} at {100 * level:.2f} % (Bonferroni over the {planned_cells} "
+            "cells the study plans).", ""]
+
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_COST = REPO / "docs/performance/step_time_minilm_sst2_cpu_m_sam.json"
 """Where an arm's step cost is read: a clean, paired `benchmarks.step_time` run on the study's batches
@@ -96,7 +134,8 @@ def step_cost(method: str, benchmark: dict[str, float]) -> Optional[float]:
     return None
 
 
-def cell_lines(name: str, rows: list[dict], baseline: str, level: float, benchmark: dict[str, float]) -> list[str]:
+def cell_lines(name: str, rows: list[dict], baseline: str, level: float, benchmark: dict[str, float],
+               planned_cells: int) -> list[str]:
     methods = list(dict.fromkeys(r["method"] for r in rows))
     header = ("| arm | seeds | input-blind | held-out (best) | - AdamW | last model - AdamW's last | "
               "last model - AdamW early-stopped | "
@@ -104,7 +143,7 @@ def cell_lines(name: str, rows: list[dict], baseline: str, level: float, benchma
     lines = [f"### {name}", "", f"Baseline: `{baseline}`, early-stopped as every arm; intervals at "
              f"{100 * level:.2f} % (Bonferroni over the cells). Input-blind: runs whose best or last model ends at the dev "
              "loss of the uniform predictor (ln classes) or predicts one class for every held-out row: their scores "
-             "measure nothing learnt.", "", header,
+             "measure nothing learnt.", "", *precision_line(rows, baseline, planned_cells), header,
              "|---" * (8 + len(COMPRESSIONS)) + "|"]
     for method in methods:
         own = [r["heldout_score"] for r in rows if r["method"] == method and r.get("heldout_score") is not None]
@@ -316,6 +355,8 @@ def main(argv: Optional[list[str]] = None) -> str:
     parser.add_argument("--baseline", default="adamw")
     parser.add_argument("--cost", type=Path, default=DEFAULT_COST,
                         help="a benchmarks.step_time JSON whose paired ratios give each arm's step over AdamW's")
+    parser.add_argument("--planned_cells", type=int, default=4,
+                        help="the cells the study will end with: the level of each cell's precision line")
     args = parser.parse_args(argv)
     cost = json.loads(args.cost.read_text())
     benchmark = {row["method"]: row["paired_ratio_to_adamw"] for row in cost["rows"]}
@@ -333,7 +374,7 @@ def main(argv: Optional[list[str]] = None) -> str:
             f"`{shown(args.cost)}` ({cost.get('title') or cost['args'].get('inputs')} batches, on "
             f"{cost.get('machine', {}).get('cpu_model', '?')}); the study's own runs share a loaded machine.", ""]
     for name, rows in cells.items():
-        text += cell_lines(name, rows, args.baseline, level, benchmark)
+        text += cell_lines(name, rows, args.baseline, level, benchmark, args.planned_cells)
     text += ["## Verdict, computed", "", *verdict_lines(cells, args.baseline, level), ""]
     (args.results_dir / "beyond.md").write_text("\n".join(text))
     plot(cells, args.baseline, args.results_dir / "beyond.png", level)

@@ -113,3 +113,24 @@ def test_each_family_at_its_best_on_the_heldout_block_arm_and_model():
     text = "\n".join(summarize_beyond.heldout_tuned_lines(rows, 0.95))
     assert (f"| sam | `sam@sam_rho=0.1` | early-stopped | 1, 2 | {100 * mean:+.1f} "
             f"[{100 * (mean - half):+.1f}, {100 * (mean + half):+.1f}] | +1.0 (n=1) |") in text  # fresh: 0.79 - 0.78
+
+
+def test_the_precision_line_pools_the_arms_spread_by_hand():
+    """Differences in points: SAM (+2, +4, +9), AdamW 2e-5 (-1, +1), SAM 0.05 (+30, -30) on seeds 2-3.
+    While AdamW's seed 3 is input-blind its pairs are left out: SAM keeps (+2, +4), SAM 0.05 one pair."""
+    rows = [row("adamw", s, 0.70, 0.70, {}) for s in (1, 2, 3)]
+    rows += [row("sam@sam_rho=0.1", s, 0.70 + d, 0.70, {}) for s, d in zip((1, 2, 3), (0.02, 0.04, 0.09))]
+    rows += [row("adamw@learning_rate=2e-5", s, 0.70 + d, 0.70, {}) for s, d in zip((1, 2), (-0.01, 0.01))]
+    rows += [row("sam@sam_rho=0.05", s, 0.70 + d, 0.70, {}) for s, d in zip((2, 3), (0.30, -0.30))]
+    rows[2]["results"]["heldout_predicted_classes"] = 1  # AdamW's seed 3: one class for every row
+    rows[-1]["results"]["heldout_predicted_classes"] = 2
+    sd, arms, dof = summarize_beyond.pooled_paired_sd(rows, "adamw")
+    # seed 3 of SAM pairs with the input-blind AdamW run: SAM keeps (+2, +4), variance 2
+    assert (arms, dof) == (2, 2) and math.isclose(100 * sd, math.sqrt((1 * 2 + 1 * 2) / 2))
+    rows[2]["results"]["heldout_predicted_classes"] = 2
+    sd, arms, dof = summarize_beyond.pooled_paired_sd(rows, "adamw")
+    assert (arms, dof) == (3, 4) and math.isclose(100 * sd, math.sqrt((2 * 13 + 1 * 2 + 1 * 1800) / 4))
+    half = stats.t.ppf(1 - 0.0125 / 2, 4) * sd / math.sqrt(5)
+    line = summarize_beyond.precision_line(rows, "adamw", planned_cells=4)[0]
+    assert f"pooled SD of {100 * sd:.1f} points (3 arms, 4 degrees of freedom" in line
+    assert f"± {100 * half:.1f} at 98.75 %" in line
