@@ -104,10 +104,10 @@ def precision_line(rows: list[dict], baseline: str, planned_cells: int) -> list[
         return []
     level = 1 - 0.05 / planned_cells
     half = stats.t.ppf(1 - (1 - level) / 2, PLANNED_SEEDS - 1) * sd / math.sqrt(PLANNED_SEEDS)
-    return [f"Precision: the paired held-out differences to AdamW have a pooled SD of {100 * sd:.1f} points ({arms} arm{'s' * (arms != 1)}, "
-            f"{dof} degree{'s' * (dof != 1)} of freedom; a pair with an input-blind run left out), so {PLANNED_SEEDS} paired seeds would "
-            f"give an arm an interval of ± {100 * half:.1f} at {100 * level:.2f} % (Bonferroni over the {planned_cells} "
-            "cells the study plans).", ""]
+    return [f"Precision: the paired held-out differences to AdamW have a pooled SD of {100 * sd:.1f} points "
+            f"({arms} arm{'s' * (arms != 1)}, {dof} degree{'s' * (dof != 1)} of freedom; a pair with an input-blind "
+            f"run left out), so {PLANNED_SEEDS} paired seeds would give an arm an interval of ± {100 * half:.1f} at "
+            f"{100 * level:.2f} % (Bonferroni over the {planned_cells} cells the study plans).", ""]
 
 
 REPO = Path(__file__).resolve().parents[1]
