@@ -134,26 +134,40 @@ def step_cost(method: str, benchmark: dict[str, float]) -> Optional[float]:
     return None
 
 
+def runs_step_ratio(rows: list[dict], method: str) -> Optional[float]:
+    """What the study's own runs paid, on their own batches (length-grouped, so short): the median over seeds
+    of the arm's median step time over the same seed's plain step (the median over the plain controls' runs,
+    whose passes are AdamW's, so that one run slowed by other work on the machine moves it little; the
+    benchmark's runners are interleaved, these runs are not)."""
+    plain: dict[int, list[float]] = {}
+    for r in rows:
+        if family(r["method"]) == "plain" and r["results"].get("train_median_step_time"):
+            plain.setdefault(r["seed"], []).append(r["results"]["train_median_step_time"])
+    ratios = [r["results"]["train_median_step_time"] / statistics.median(plain[r["seed"]]) for r in rows
+              if r["method"] == method and r["results"].get("train_median_step_time") and r["seed"] in plain]
+    return statistics.median(ratios) if ratios else None
+
+
 def cell_lines(name: str, rows: list[dict], baseline: str, level: float, benchmark: dict[str, float],
                planned_cells: int) -> list[str]:
     methods = list(dict.fromkeys(r["method"] for r in rows))
     header = ("| arm | seeds | input-blind | held-out (best) | - AdamW | last model - AdamW's last | "
               "last model - AdamW early-stopped | "
-              + " | ".join(f"{c} drop - AdamW's" for c in COMPRESSIONS) + " | step / AdamW (benchmark) |")
+              + " | ".join(f"{c} drop - AdamW's" for c in COMPRESSIONS) + " | step / AdamW (benchmark) | step / AdamW (these runs) |")
     lines = [f"### {name}", "", f"Baseline: `{baseline}`, early-stopped as every arm; intervals at "
              f"{100 * level:.2f} % (Bonferroni over the cells). Input-blind: runs whose best or last model ends at the dev "
              "loss of the uniform predictor (ln classes) or predicts one class for every held-out row: their scores "
              "measure nothing learnt.", "", *precision_line(rows, baseline, planned_cells), header,
-             "|---" * (8 + len(COMPRESSIONS)) + "|"]
+             "|---" * (9 + len(COMPRESSIONS)) + "|"]
     for method in methods:
         own = [r["heldout_score"] for r in rows if r["method"] == method and r.get("heldout_score") is not None]
         mean = f"{100 * statistics.fmean(own):.1f}" if own else "—"
         cells = [difference_cell(paired(rows, method, baseline, o), level) if method != baseline else ""
                  for o in ("heldout", "last", LAST_VS_STOPPED, *COMPRESSIONS)]
-        ratio = step_cost(method, benchmark)
+        ratios = (step_cost(method, benchmark), runs_step_ratio(rows, method))
         blind = sum(run_input_blind(r) for r in rows if r["method"] == method)
-        lines.append(f"| `{method}` | {len(own)} | {blind or ''} | {mean} | " + " | ".join(cells)
-                     + f" | {'—' if ratio is None else f'{ratio:.2f}'} |")
+        lines.append(f"| `{method}` | {len(own)} | {blind or ''} | {mean} | " + " | ".join(cells) + " | "
+                     + " | ".join("—" if ratio is None else f"{ratio:.2f}" for ratio in ratios) + " |")
     return (lines + [""] + compressed_lines(rows, methods, baseline, level) + tuned_lines(rows, level)
             + heldout_tuned_lines(rows, level) + seed_lines(rows, methods))
 
@@ -372,7 +386,10 @@ def main(argv: Optional[list[str]] = None) -> str:
             "the model's own held-out score minus its score after the compression; drop - AdamW's below 0: the arm "
             "keeps more of its score than AdamW does. Step / AdamW: the paired ratio of the clean benchmark "
             f"`{shown(args.cost)}` ({cost.get('title') or cost['args'].get('inputs')} batches, on "
-            f"{cost.get('machine', {}).get('cpu_model', '?')}); the study's own runs share a loaded machine.", ""]
+            f"{cost.get('machine', {}).get('cpu_model', '?')}); the study's own runs share a loaded machine, and their "
+            "ratio (these runs: the median over seeds of each run's median step over the median of the same seed's plain "
+            "controls' runs) is what they paid on their own batches, length-grouped and so shorter than the "
+            "benchmark's.", ""]
     for name, rows in cells.items():
         text += cell_lines(name, rows, args.baseline, level, benchmark, args.planned_cells)
     text += ["## Verdict, computed", "", *verdict_lines(cells, args.baseline, level), ""]
