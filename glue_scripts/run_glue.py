@@ -63,6 +63,7 @@ from glue_scripts.run_safety import (InputError, RunSettingsRecorder, input_erro
                                      prepare_output_dir, write_json_atomic)
 from ksam_hf import KSAMConfig, KSAMTrainer  # noqa: E402
 from ksam_hf.compression import compressed_scores  # noqa: E402
+from ksam_hf.cpu_memory import keep_freed_memory  # noqa: E402
 from ksam_hf.config import validate_sam_fields  # noqa: E402
 from ksam_hf.rules import PERTURBING_MODES  # noqa: E402
 
@@ -813,4 +814,5 @@ def cli(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # the process is the run's own: no page faults for blocks freed and taken again
     cli()
