@@ -96,6 +96,21 @@ def pooled_paired_sd(rows: list[dict], baseline: str) -> tuple[Optional[float], 
     return (math.sqrt(squares / dof) if dof else None), arms, dof
 
 
+def planned_half_width(sd: float, planned_cells: int) -> float:
+    """The half-width of a `PLANNED_SEEDS`-seed paired t-interval of spread `sd`, Bonferroni over the cells."""
+    level = 1 - 0.05 / planned_cells
+    return float(stats.t.ppf(1 - (1 - level) / 2, PLANNED_SEEDS - 1) * sd / math.sqrt(PLANNED_SEEDS))
+
+
+def resolves_less(rows: list[dict], anchor: list[dict], baseline: str, planned_cells: int) -> bool:
+    """Whether a cell's planned interval is wider than the anchor cell's: the rule that sets a cell aside
+    as too noisy (`studies/specs/beyond_training_less_noisy_mrpc.json`)."""
+    spreads = [pooled_paired_sd(cell, baseline)[0] for cell in (rows, anchor)]
+    if None in spreads:
+        raise SystemExit("summarize_beyond: a cell without two paired seeds of an arm has no spread to compare yet.")
+    return planned_half_width(spreads[0], planned_cells) > planned_half_width(spreads[1], planned_cells)
+
+
 def precision_line(rows: list[dict], baseline: str, planned_cells: int) -> list[str]:
     """What the cell can resolve: the half-width a `PLANNED_SEEDS`-seed paired interval would have at the
     study's final level, from the pooled spread of its pilot's differences (the test of "too noisy")."""
@@ -103,7 +118,7 @@ def precision_line(rows: list[dict], baseline: str, planned_cells: int) -> list[
     if sd is None:
         return []
     level = 1 - 0.05 / planned_cells
-    half = stats.t.ppf(1 - (1 - level) / 2, PLANNED_SEEDS - 1) * sd / math.sqrt(PLANNED_SEEDS)
+    half = planned_half_width(sd, planned_cells)
     return [f"Precision: the paired held-out differences to AdamW have a pooled SD of {100 * sd:.1f} points "
             f"({arms} arm{'s' * (arms != 1)}, {dof} degree{'s' * (dof != 1)} of freedom; a pair with an input-blind "
             f"run left out), so {PLANNED_SEEDS} paired seeds would give an arm an interval of ± {100 * half:.1f} at "
@@ -371,7 +386,16 @@ def main(argv: Optional[list[str]] = None) -> str:
                         help="a benchmarks.step_time JSON whose paired ratios give each arm's step over AdamW's")
     parser.add_argument("--planned_cells", type=int, default=4,
                         help="the cells the study will end with: the level of each cell's precision line")
+    parser.add_argument("--resolves_less", nargs=2, metavar=("CELL", "ANCHOR"),
+                        help="only say whether CELL's planned interval is wider than ANCHOR's (exit status 0: "
+                             "wider, CELL is too noisy; 1: not wider); writes nothing")
     args = parser.parse_args(argv)
+    if args.resolves_less:
+        cell, anchor = (load_rows(args.results_dir / name / "results.jsonl") for name in args.resolves_less)
+        wider = resolves_less(cell, anchor, args.baseline, args.planned_cells)
+        print(f"{args.resolves_less[0]} {'resolves less than' if wider else 'resolves at least as much as'} "
+              f"{args.resolves_less[1]}")
+        raise SystemExit(0 if wider else 1)
     cost = json.loads(args.cost.read_text())
     benchmark = {row["method"]: row["paired_ratio_to_adamw"] for row in cost["rows"]}
     cells = {folder.name: load_rows(folder / "results.jsonl") for folder in sorted(args.results_dir.iterdir())

@@ -149,3 +149,25 @@ def test_the_runs_step_ratio_divides_by_the_median_plain_step_of_the_seed():
     assert math.isclose(summarize_beyond.runs_step_ratio(rows, "sam@sam_rho=0.1"), 1.9)
     assert math.isclose(summarize_beyond.runs_step_ratio(rows, "adamw"), 2.0)  # 3.0 and 1.0 over 1.0 and 1.0
     assert summarize_beyond.runs_step_ratio(rows, "sam@sam_rho=0.05") is None
+
+
+def test_the_too_noisy_rule_compares_the_planned_intervals(tmp_path):
+    """A cell whose seeds disagree by 10 points against an anchor whose seeds disagree by 2: the first
+    resolves less (exit 0), the anchor does not (exit 1); a cell with one seed has nothing to compare."""
+    import pytest
+
+    def cell(name, gaps):
+        rows = [row("adamw", s, 0.70, 0.70, {}) for s in (1, 2)]
+        rows += [row("sam@sam_rho=0.1", s, 0.70 + g, 0.70, {}) for s, g in zip((1, 2), gaps)]
+        write(tmp_path / name, rows)
+
+    cell("wide", (0.05, -0.05))
+    cell("anchor", (0.01, -0.01))
+    write(tmp_path / "single", [row("adamw", 1, 0.7, 0.7, {}), row("sam@sam_rho=0.1", 1, 0.8, 0.8, {})])
+    for pair, code in ((("wide", "anchor"), 0), (("anchor", "wide"), 1)):
+        with pytest.raises(SystemExit) as stopped:
+            summarize_beyond.main([str(tmp_path), "--resolves_less", *pair])
+        assert stopped.value.code == code
+    with pytest.raises(SystemExit, match="no spread to compare"):
+        summarize_beyond.main([str(tmp_path), "--resolves_less", "single", "anchor"])
+    assert not (tmp_path / "beyond.md").exists()  # the rule writes nothing
