@@ -8,7 +8,7 @@ early-stopped AdamW (`--baseline`): the held-out score of the best model (and of
 each compression (int8, pruning 30/50/70 %, weight noise 0.01/0.02/0.05) the arm's drop minus
 AdamW's drop (below 0: the arm loses less to it), and the score after it minus AdamW's (what a user who
 ships the compressed model gets). Intervals are t-intervals Bonferroni-corrected
-over the cells (each at 1 - 0.05 / cells). Per cell too: each family (SAM, m-SAM at each m) tuned
+over the cells (each at 1 - 0.05 / cells; `--set_aside` cells, reported, are not counted). Per cell too: each family (SAM, m-SAM at each m) tuned
 as a user would, by the validation split alone, against the plain control tuned the same way; and, post
 hoc, each family at its best on the held-out block (arm and model) against the plain family at its best,
 also on the fresh seeds alone (those neither choice was made on). Writes `beyond.md` (the tables and the verdict lines)
@@ -74,6 +74,10 @@ def paired_models(rows: list[dict], method: str, own: str, baseline: str, theirs
     base = {r["seed"]: outcome(r, theirs) for r in rows if r["method"] == baseline}
     return [arm[s] - base[s] for s in sorted(arm) if arm[s] is not None and base.get(s) is not None]
 
+
+SET_ASIDE = "set_aside.json"
+"""In the results folder: {cell: why} for the cells a rule set aside (the study's record of its outcome);
+`--set_aside` adds cells from the command line."""
 
 PLANNED_SEEDS = 5
 """The seeds an arm with a sign in the pilot gets (the issue's 5+): the precision line's sample size."""
@@ -386,6 +390,9 @@ def main(argv: Optional[list[str]] = None) -> str:
                         help="a benchmarks.step_time JSON whose paired ratios give each arm's step over AdamW's")
     parser.add_argument("--planned_cells", type=int, default=4,
                         help="the cells the study will end with: the level of each cell's precision line")
+    parser.add_argument("--set_aside", nargs="*", default=[], metavar="CELL",
+                        help="cells a rule set aside: their tables are written, but they stay out of the verdict, "
+                             "the plot and the Bonferroni count")
     parser.add_argument("--resolves_less", nargs=2, metavar=("CELL", "ANCHOR"),
                         help="only say whether CELL's planned interval is wider than ANCHOR's (exit status 0: "
                              "wider, CELL is too noisy; 1: not wider); writes nothing")
@@ -403,7 +410,17 @@ def main(argv: Optional[list[str]] = None) -> str:
     cells = {name: rows for name, rows in cells.items() if rows}
     if not cells:
         raise SystemExit(f"summarize_beyond: no rows under {args.results_dir}: run the grid first.")
-    level = 1 - 0.05 / len(cells)
+    if unknown := sorted(set(args.set_aside) - set(cells)):
+        raise SystemExit(f"summarize_beyond: --set_aside {' '.join(unknown)}: no such cell with rows under "
+                         f"{args.results_dir}; its cells are {', '.join(cells)}.")
+    record = args.results_dir / SET_ASIDE
+    reasons = {name: reason for name, reason in (json.loads(record.read_text()) if record.exists() else {}).items()
+               if name in cells}
+    reasons.update({name: "--set_aside" for name in args.set_aside if name not in reasons})
+    counted = {name: rows for name, rows in cells.items() if name not in reasons}
+    if not counted:
+        raise SystemExit("summarize_beyond: --set_aside leaves no cell for the verdict.")
+    level = 1 - 0.05 / len(counted)
     text = [f"Written by `python -m studies.summarize_beyond {' '.join(sys.argv[1:] if argv is None else argv)}`.", "",
             "Scores x 100. Every arm early-stopped: the best model by the noisy validation split, scored every half "
             "epoch; held-out (best) is that model's score on the held-out block, `last` the last model's. A drop is "
@@ -416,9 +433,14 @@ def main(argv: Optional[list[str]] = None) -> str:
             "benchmark's.", ""]
     for name, rows in cells.items():
         text += cell_lines(name, rows, args.baseline, level, benchmark, args.planned_cells)
-    text += ["## Verdict, computed", "", *verdict_lines(cells, args.baseline, level), ""]
+        if name in reasons:
+            text += [f"Set aside ({reasons[name]}): {name}'s tables stay, but it is left out of the verdict, the plot "
+                     "and the Bonferroni count.", ""]
+    text += ["## Verdict, computed", "", f"Over the cells {', '.join(counted)}"
+             + (f" ({', '.join(reasons)} set aside)" if reasons else "") + ".", "",
+             *verdict_lines(counted, args.baseline, level), ""]
     (args.results_dir / "beyond.md").write_text("\n".join(text))
-    plot(cells, args.baseline, args.results_dir / "beyond.png", level)
+    plot(counted, args.baseline, args.results_dir / "beyond.png", level)
     print("\n".join(text))
     return "\n".join(text)
 

@@ -171,3 +171,26 @@ def test_the_too_noisy_rule_compares_the_planned_intervals(tmp_path):
     with pytest.raises(SystemExit, match="no spread to compare"):
         summarize_beyond.main([str(tmp_path), "--resolves_less", "single", "anchor"])
     assert not (tmp_path / "beyond.md").exists()  # the rule writes nothing
+
+
+def test_a_cell_set_aside_is_reported_but_not_counted(tmp_path):
+    """Three cells, one set aside: its table is written, the level is Bonferroni over the other two
+    (97.5 %), and neither the verdict nor the plot names it; an unknown name is a one-line error."""
+    import pytest
+
+    for name, gain in (("first", 0.05), ("second", 0.0), ("noisy", 0.2)):
+        write(tmp_path / name, [row("adamw", s, 0.7, 0.7, {}) for s in (1, 2, 3)]
+              + [row("sam@sam_rho=0.1", s, 0.7 + gain + 0.01 * s, 0.7, {}) for s in (1, 2, 3)])
+    text = summarize_beyond.main([str(tmp_path), "--set_aside", "noisy"])
+    assert "### noisy" in text and "Set aside (--set_aside): noisy's tables stay" in text and "97.50 %" in text
+    verdict = text.split("## Verdict, computed", 1)[1]
+    assert "Over the cells first, second (noisy set aside)." in verdict and "noisy:" not in verdict
+    assert "first: held-out score above AdamW's" in verdict
+    assert "(paired seeds: first 3, second 3)" in verdict
+    with pytest.raises(SystemExit, match="--set_aside nowhere: no such cell"):
+        summarize_beyond.main([str(tmp_path), "--set_aside", "nowhere"])
+    # the study's record of a rule's outcome does the same, with its reason; a recorded cell with no rows is skipped
+    (tmp_path / "set_aside.json").write_text(json.dumps({"noisy": "the too-noisy rule", "unrun": "a rule"}))
+    recorded = summarize_beyond.main([str(tmp_path)])
+    assert "Set aside (the too-noisy rule): noisy's tables stay" in recorded and "97.50 %" in recorded
+    assert "Over the cells first, second (noisy set aside)." in recorded
