@@ -550,7 +550,8 @@ def test_a_spec_that_extends_badly_fails_in_one_line(tmp_path):
         rg.main(["--spec", str(tmp_path / "nothing.json"), "--plan_only"])
 
 
-@pytest.mark.parametrize("name", ["beyond_training_less_pilot", "beyond_training_less_clean", "beyond_training_less_m1"])
+@pytest.mark.parametrize("name", ["beyond_training_less_pilot", "beyond_training_less_clean", "beyond_training_less_m1",
+                                  "beyond_training_less_noisy_mrpc"])
 def test_a_running_studys_specs_plan_every_committed_row_of_theirs_as_done(name, capsys, monkeypatch):
     """The issue-39 specs extend the pilot rather than copy it: each still plans as done every committed
     row of its cells, seeds and arms (the same settings, hence the same keys, as when the rows ran)."""
