@@ -106,12 +106,13 @@ def planned_half_width(sd: float, planned_cells: int) -> float:
     return float(stats.t.ppf(1 - (1 - level) / 2, PLANNED_SEEDS - 1) * sd / math.sqrt(PLANNED_SEEDS))
 
 
-def resolves_less(rows: list[dict], anchor: list[dict], baseline: str, planned_cells: int) -> bool:
+def resolves_less(rows: list[dict], anchor: list[dict], baseline: str, planned_cells: int) -> Optional[bool]:
     """Whether a cell's planned interval is wider than the anchor cell's: the rule that sets a cell aside
-    as too noisy (`studies/specs/beyond_training_less_noisy_mrpc.json`)."""
+    as too noisy (`studies/specs/beyond_training_less_noisy_mrpc.json`); None while either cell has no arm
+    with two paired seeds (no spread to compare yet)."""
     spreads = [pooled_paired_sd(cell, baseline)[0] for cell in (rows, anchor)]
     if None in spreads:
-        raise SystemExit("summarize_beyond: a cell without two paired seeds of an arm has no spread to compare yet.")
+        return None
     return planned_half_width(spreads[0], planned_cells) > planned_half_width(spreads[1], planned_cells)
 
 
@@ -397,9 +398,14 @@ def main(argv: Optional[list[str]] = None) -> str:
                         help="only say whether CELL's planned interval is wider than ANCHOR's (exit status 0: "
                              "wider, CELL is too noisy; 1: not wider); writes nothing")
     args = parser.parse_args(argv)
-    if args.resolves_less:
-        cell, anchor = (load_rows(args.results_dir / name / "results.jsonl") for name in args.resolves_less)
-        wider = resolves_less(cell, anchor, args.baseline, args.planned_cells)
+    if args.resolves_less:  # exit status 0 or 1 is the answer; an error is argparse's 2
+        paths = [args.results_dir / name / "results.jsonl" for name in args.resolves_less]
+        if missing := [str(path) for path in paths if not path.exists()]:
+            parser.error(f"--resolves_less: no rows at {', '.join(missing)}")
+        wider = resolves_less(*(load_rows(path) for path in paths), args.baseline, args.planned_cells)
+        if wider is None:
+            parser.error(f"--resolves_less {' '.join(args.resolves_less)}: a cell has no arm with two paired seeds "
+                         "yet, so no spread to compare: run its pilot first")
         print(f"{args.resolves_less[0]} {'resolves less than' if wider else 'resolves at least as much as'} "
               f"{args.resolves_less[1]}")
         raise SystemExit(0 if wider else 1)
