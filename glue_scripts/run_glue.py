@@ -298,11 +298,10 @@ def compression_results(trainer: KSAMTrainer, dataset: datasets.Dataset, split: 
     return results
 
 
-def predicted_classes(trainer: KSAMTrainer, dataset: datasets.Dataset) -> int:
-    """How many classes the model predicts over `dataset`. 1 is a constant predictor: it learnt nothing
+def predicted_classes(logits: np.ndarray | tuple) -> int:
+    """How many classes a classifier's `logits` predict. 1 is a constant predictor: it learnt nothing
     the input says, whatever its loss (on an imbalanced task a loss just under the class prior's entropy
     can still predict one class for every row, a score such as CoLA's MCC then exactly 0)."""
-    logits = trainer.predict(dataset, metric_key_prefix="classes").predictions
     return int(np.unique(predictions_from_logits(logits, is_regression=False)).size)
 
 
@@ -750,10 +749,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 combined.update(metrics)
                 trainer.log_metrics("eval", metrics)
             if "heldout" in processed:  # the training file's held-out block (--test_split_rows)
-                metrics = trainer.evaluate(eval_dataset=processed["heldout"], metric_key_prefix=f"{prefix}heldout")
+                scored = trainer.predict(processed["heldout"], metric_key_prefix=f"{prefix}heldout")  # one pass:
+                metrics = scored.metrics  # the metrics and the predictions they came from
                 metrics[f"{prefix}heldout_samples"] = len(processed["heldout"])
                 if not is_regression:
-                    metrics[f"{prefix}heldout_predicted_classes"] = predicted_classes(trainer, processed["heldout"])
+                    metrics[f"{prefix}heldout_predicted_classes"] = predicted_classes(scored.predictions)
                 combined.update(metrics)
                 trainer.log_metrics("heldout", metrics)
             return combined

@@ -11,14 +11,24 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+def bonferroni(comparisons: int) -> float:
+    """The level of each of `comparisons` intervals that together keep 95 %: 1 - 0.05 / comparisons."""
+    return 1 - 0.05 / comparisons
+
+
+def half_width(sd: float, n: int, level: float = 0.95) -> float:
+    """Half the two-sided t-interval at `level` of the mean of n paired differences of spread `sd`."""
+    return float(stats.t.ppf(1 - (1 - level) / 2, n - 1) * sd / math.sqrt(n))
+
+
 def interval(differences: list[float], level: float = 0.95) -> tuple[float, Optional[float], Optional[float]]:
     """Mean and two-sided t-interval (95 % unless `level` says otherwise; Bonferroni over c
-    comparisons: 1 - 0.05 / c) of paired differences (no interval for fewer than 2)."""
+    comparisons: `bonferroni(c)`) of paired differences (no interval for fewer than 2)."""
     n = len(differences)
     mean = sum(differences) / n
     if n < 2:
         return mean, None, None
-    half = stats.t.ppf(1 - (1 - level) / 2, n - 1) * statistics.stdev(differences) / math.sqrt(n)
+    half = half_width(statistics.stdev(differences), n, level)
     return mean, mean - half, mean + half
 
 

@@ -27,11 +27,9 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
-from scipy import stats
-
 from studies.methods import PLAIN_METHODS, parse, short_name
 from studies.rows import load_rows
-from studies.stats import difference_cell, interval
+from studies.stats import bonferroni, difference_cell, half_width, interval
 from studies.tasks import run_input_blind
 
 COMPRESSIONS = ("int8", "prune30", "prune50", "prune70", "noise0.01", "noise0.02", "noise0.05")
@@ -88,12 +86,10 @@ def pooled_paired_sd(rows: list[dict], baseline: str) -> tuple[Optional[float], 
     spread about its own mean, weighted by its degrees of freedom; a pair with an input-blind run left out),
     the arms pooled and the degrees of freedom: how much a cell's seeds disagree, whatever the arm."""
     blind = {(r["method"], r["seed"]) for r in rows if run_input_blind(r)}
-    base = {r["seed"]: outcome(r, "heldout") for r in rows if r["method"] == baseline}
     squares, dof, arms = 0.0, 0, 0
     for method in dict.fromkeys(r["method"] for r in rows if r["method"] != baseline):
-        values = [outcome(r, "heldout") - base[r["seed"]] for r in rows
-                  if r["method"] == method and outcome(r, "heldout") is not None and base.get(r["seed"]) is not None
-                  and not {(method, r["seed"]), (baseline, r["seed"])} & blind]
+        leaving_out = frozenset(seed for name, seed in blind if name in (method, baseline))
+        values = paired_models(rows, method, "heldout", baseline, "heldout", leaving_out)
         if len(values) >= 2:
             squares += statistics.variance(values) * (len(values) - 1)
             dof, arms = dof + len(values) - 1, arms + 1
@@ -102,8 +98,7 @@ def pooled_paired_sd(rows: list[dict], baseline: str) -> tuple[Optional[float], 
 
 def planned_half_width(sd: float, planned_cells: int) -> float:
     """The half-width of a `PLANNED_SEEDS`-seed paired t-interval of spread `sd`, Bonferroni over the cells."""
-    level = 1 - 0.05 / planned_cells
-    return float(stats.t.ppf(1 - (1 - level) / 2, PLANNED_SEEDS - 1) * sd / math.sqrt(PLANNED_SEEDS))
+    return half_width(sd, PLANNED_SEEDS, bonferroni(planned_cells))
 
 
 def resolves_less(rows: list[dict], anchor: list[dict], baseline: str, planned_cells: int) -> Optional[bool]:
@@ -122,8 +117,7 @@ def precision_line(rows: list[dict], baseline: str, planned_cells: int) -> list[
     sd, arms, dof = pooled_paired_sd(rows, baseline)
     if sd is None:
         return []
-    level = 1 - 0.05 / planned_cells
-    half = planned_half_width(sd, planned_cells)
+    level, half = bonferroni(planned_cells), planned_half_width(sd, planned_cells)
     return [f"Precision: the paired held-out differences to AdamW have a pooled SD of {100 * sd:.1f} points "
             f"({arms} arm{'s' * (arms != 1)}, {dof} degree{'s' * (dof != 1)} of freedom; a pair with an input-blind "
             f"run left out), so {PLANNED_SEEDS} paired seeds would give an arm an interval of ± {100 * half:.1f} at "
@@ -426,7 +420,7 @@ def main(argv: Optional[list[str]] = None) -> str:
     counted = {name: rows for name, rows in cells.items() if name not in reasons}
     if not counted:
         raise SystemExit("summarize_beyond: --set_aside leaves no cell for the verdict.")
-    level = 1 - 0.05 / len(counted)
+    level = bonferroni(len(counted))
     text = [f"Written by `python -m studies.summarize_beyond {' '.join(sys.argv[1:] if argv is None else argv)}`.", "",
             "Scores x 100. Every arm early-stopped: the best model by the noisy validation split, scored every half "
             "epoch; held-out (best) is that model's score on the held-out block, `last` the last model's. A drop is "

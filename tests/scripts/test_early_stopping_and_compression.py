@@ -72,8 +72,8 @@ def test_the_compressed_scores_and_their_drops(tiny_model, tmp_path):  # noqa: F
 
 
 def test_predicted_classes_counts_the_classes_of_a_direct_forward(tiny_model, tmp_path):  # noqa: F811
-    """The count the summaries flag a constant predictor by, against the argmax of the model's own forward
-    pass; a classifier bias that swamps the input leaves one class, whatever the loss."""
+    """The count the summaries flag a constant predictor by, from the Trainer's predictions, against the
+    argmax of the model's own forward pass; a classifier bias that swamps the input leaves one class."""
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -93,7 +93,7 @@ def test_predicted_classes_counts_the_classes_of_a_direct_forward(tiny_model, tm
         logits = model(**padded).logits
         model.classifier.bias[1] -= (logits[:, 1] - logits[:, 0]).median() + 1e-6
         direct = set(model(**padded).logits.argmax(-1).tolist())
-    assert direct == {0, 1} and predicted_classes(trainer, dataset) == 2
+    assert direct == {0, 1} and predicted_classes(trainer.predict(dataset).predictions) == 2
     with torch.no_grad():
         model.classifier.bias.copy_(torch.tensor([0.0, 1e4]))
-    assert predicted_classes(trainer, dataset) == 1
+    assert predicted_classes(trainer.predict(dataset).predictions) == 1
