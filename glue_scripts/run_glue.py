@@ -56,7 +56,8 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
 from glue_scripts.glue_data import GLUE_TASKS, glue_task, load_glue_hub, load_glue_tsv  # noqa: E402
-from glue_scripts.glue_metrics import MAIN_METRIC, make_compute_metrics, predictions_from_logits  # noqa: E402
+from glue_scripts.glue_metrics import (MAIN_METRIC, input_blind_baseline, make_compute_metrics,  # noqa: E402
+                                       predictions_from_logits)
 from glue_scripts.training_split import (flip_labels, parse_row_range, seeded_sample,  # noqa: E402
                                          split_for_stopping, split_rows, without_contained)
 from glue_scripts.run_safety import (InputError, RunSettingsRecorder, input_errors, plain,  # noqa: E402
@@ -491,6 +492,9 @@ def shape_training_split(raw: DatasetDict, data_args: DataTrainingArguments, tra
             name for name in raw["train"].column_names if name not in ("label", "idx"))
         raw["heldout"], dropped = without_contained(raw["heldout"], training, text_columns)
         record.update(heldout_rows=data_args.test_split_rows, heldout_dropped_contained=dropped)
+        if task is not None and not task.is_regression and len(raw["heldout"]):
+            # the floor a model must clear to have learnt anything: the majority class's score on these rows
+            record["heldout_input_blind_score"] = input_blind_baseline(task.name, raw["heldout"]["label"])[1]
         logger.info(f"Held-out test: rows {data_args.test_split_rows} of the training file, {len(raw['heldout'])} "
                     f"kept, {dropped} dropped (their text sits inside a training row).")
     return record

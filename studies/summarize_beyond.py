@@ -124,6 +124,20 @@ def precision_line(rows: list[dict], baseline: str, planned_cells: int) -> list[
             f"{100 * level:.2f} % (Bonferroni over the {planned_cells} cells the study plans).", ""]
 
 
+def floor_line(rows: list[dict]) -> list[str]:
+    """The held-out score a model that ignores its input reaches (the majority class's, which `run_glue.py`
+    records on the rows each run kept): the floor an arm must clear to have learnt anything."""
+    floors = {r["seed"]: r["results"]["heldout_input_blind_score"] for r in rows
+              if r["results"].get("heldout_input_blind_score") is not None}
+    if not floors:
+        return []
+    low, high = 100 * min(floors.values()), 100 * max(floors.values())
+    seeds = ", ".join(str(s) for s in sorted(floors))
+    return [f"Input-blind floor: predicting the majority class scores {low:.1f}"
+            + (f"-{high:.1f}" if f"{high:.1f}" != f"{low:.1f}" else "")
+            + f" on the held-out block (seed{'s' * (len(floors) > 1)} {seeds}: the runs that record it).", ""]
+
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_COST = REPO / "docs/performance/step_time_minilm_sst2_cpu_m_sam.json"
 """Where an arm's step cost is read: a clean, paired `benchmarks.step_time` run on the study's batches
@@ -171,7 +185,7 @@ def cell_lines(name: str, rows: list[dict], baseline: str, level: float, benchma
     lines = [f"### {name}", "", f"Baseline: `{baseline}`, early-stopped as every arm; intervals at "
              f"{100 * level:.2f} % (Bonferroni over the cells). Input-blind: runs whose best or last model ends at the dev "
              "loss of the uniform predictor (ln classes) or predicts one class for every held-out row: their scores "
-             "measure nothing learnt.", "", *precision_line(rows, baseline, planned_cells), header,
+             "measure nothing learnt.", "", *precision_line(rows, baseline, planned_cells), *floor_line(rows), header,
              "|---" * (9 + len(COMPRESSIONS)) + "|"]
     for method in methods:
         own = [r["heldout_score"] for r in rows if r["method"] == method and r.get("heldout_score") is not None]

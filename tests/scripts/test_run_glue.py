@@ -648,6 +648,9 @@ def test_every_method_of_a_seed_trains_on_the_same_noisy_sample_and_the_dev_set_
         dev_before = raw["validation"]["label"]
         record = run_glue.shape_training_split(raw, data_args, training_args, run_glue.glue_task("sst2"), [0, 1])
         assert raw["validation"]["label"] == dev_before and record["label_noise_flipped"] == 90
+        held_out_labels = raw["heldout"]["label"]  # SST-2 scores accuracy: the majority class's share
+        majority = max(held_out_labels.count(0), held_out_labels.count(1)) / len(held_out_labels)
+        assert record["heldout_input_blind_score"] == pytest.approx(majority)
         shaped[optimizer] = (raw["train"]["idx"], raw["train"]["label"], raw["heldout"]["idx"],
                              raw["train"][run_glue.FLIPPED_COLUMN])
     assert shaped["adamw"] == shaped["sam"] == shaped["ksam"]

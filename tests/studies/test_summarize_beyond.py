@@ -196,3 +196,16 @@ def test_a_cell_set_aside_is_reported_but_not_counted(tmp_path):
     recorded = summarize_beyond.main([str(tmp_path)])
     assert "Set aside (the too-noisy rule): noisy's tables stay" in recorded and "97.50 %" in recorded
     assert "Over the cells first, second (noisy set aside)." in recorded
+
+
+def test_the_floor_line_gives_the_majority_class_score_of_the_runs_that_record_it():
+    """Seeds 1-2 record the floor (each run drops its own contained rows, so it can differ by seed); seed 3's
+    row predates the record and is left out; a cell with no such row prints no line."""
+    rows = [row("adamw", s, 0.75, 0.70, {}) for s in (1, 2, 3)]
+    assert summarize_beyond.floor_line(rows) == []
+    rows[0]["results"]["heldout_input_blind_score"] = 0.6801
+    rows[1]["results"]["heldout_input_blind_score"] = 0.7049
+    line = summarize_beyond.floor_line(rows)[0]
+    assert "scores 68.0-70.5 on the held-out block (seeds 1, 2:" in line
+    del rows[1]["results"]["heldout_input_blind_score"]
+    assert "scores 68.0 on the held-out block (seed 1:" in summarize_beyond.floor_line(rows)[0]
