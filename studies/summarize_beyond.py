@@ -124,18 +124,33 @@ def precision_line(rows: list[dict], baseline: str, planned_cells: int) -> list[
             f"{100 * level:.2f} % (Bonferroni over the {planned_cells} cells the study plans).", ""]
 
 
+def floors_by_seed(rows: list[dict]) -> dict[int, float]:
+    """Each seed's input-blind floor: the held-out score of predicting the majority class, which `run_glue.py`
+    records on the rows a run kept. Every arm of a seed trains on the same sample and so keeps the same rows,
+    so one run that records it gives it for the seed's runs that predate the record."""
+    return {r["seed"]: r["results"]["heldout_input_blind_score"] for r in rows
+            if r["results"].get("heldout_input_blind_score") is not None}
+
+
 def floor_line(rows: list[dict]) -> list[str]:
-    """The held-out score a model that ignores its input reaches (the majority class's, which `run_glue.py`
-    records on the rows each run kept): the floor an arm must clear to have learnt anything."""
-    floors = {r["seed"]: r["results"]["heldout_input_blind_score"] for r in rows
-              if r["results"].get("heldout_input_blind_score") is not None}
+    """The floor an arm must clear to have learnt anything, per seed (`floors_by_seed`)."""
+    floors = floors_by_seed(rows)
     if not floors:
         return []
     low, high = 100 * min(floors.values()), 100 * max(floors.values())
     seeds = ", ".join(str(s) for s in sorted(floors))
     return [f"Input-blind floor: predicting the majority class scores {low:.1f}"
             + (f"-{high:.1f}" if f"{high:.1f}" != f"{low:.1f}" else "")
-            + f" on the held-out block (seed{'s' * (len(floors) > 1)} {seeds}: the runs that record it).", ""]
+            + f" on the held-out block (seed{'s' * (len(floors) > 1)} {seeds}); \"above the floor\": an arm's "
+            "held-out score minus its seed's floor, the mean over its runs.", ""]
+
+
+def above_floor(rows: list[dict], method: str) -> Optional[float]:
+    """The arm's mean held-out score minus each run's seed floor, over its runs whose seed has one."""
+    floors = floors_by_seed(rows)
+    margins = [r["heldout_score"] - floors[r["seed"]] for r in rows
+               if r["method"] == method and r["seed"] in floors and r.get("heldout_score") is not None]
+    return statistics.fmean(margins) if margins else None
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,14 +194,14 @@ def runs_step_ratio(rows: list[dict], method: str) -> Optional[float]:
 def cell_lines(name: str, rows: list[dict], baseline: str, level: float, benchmark: dict[str, float],
                planned_cells: int) -> list[str]:
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    header = ("| arm | seeds | input-blind | held-out (best) | - AdamW | last model - AdamW's last | "
+    header = ("| arm | seeds | input-blind | held-out (best) | above the floor | - AdamW | last model - AdamW's last | "
               "last model - AdamW early-stopped | "
               + " | ".join(f"{c} drop - AdamW's" for c in COMPRESSIONS) + " | step / AdamW (benchmark) | step / AdamW (these runs) |")
     lines = [f"### {name}", "", f"Baseline: `{baseline}`, early-stopped as every arm; intervals at "
              f"{100 * level:.2f} % (Bonferroni over the cells). Input-blind: runs whose best or last model ends at the dev "
              "loss of the uniform predictor (ln classes) or predicts one class for every held-out row: their scores "
              "measure nothing learnt.", "", *precision_line(rows, baseline, planned_cells), *floor_line(rows), header,
-             "|---" * (9 + len(COMPRESSIONS)) + "|"]
+             "|---" * (10 + len(COMPRESSIONS)) + "|"]
     for method in methods:
         own = [r["heldout_score"] for r in rows if r["method"] == method and r.get("heldout_score") is not None]
         mean = f"{100 * statistics.fmean(own):.1f}" if own else "—"
@@ -194,7 +209,9 @@ def cell_lines(name: str, rows: list[dict], baseline: str, level: float, benchma
                  for o in ("heldout", "last", LAST_VS_STOPPED, *COMPRESSIONS)]
         ratios = (step_cost(method, benchmark), runs_step_ratio(rows, method))
         blind = sum(run_input_blind(r) for r in rows if r["method"] == method)
-        lines.append(f"| `{method}` | {len(own)} | {blind or ''} | {mean} | " + " | ".join(cells) + " | "
+        margin = above_floor(rows, method)
+        lines.append(f"| `{method}` | {len(own)} | {blind or ''} | {mean} | "
+                     + ("—" if margin is None else f"{100 * margin:+.1f}") + " | " + " | ".join(cells) + " | "
                      + " | ".join("—" if ratio is None else f"{ratio:.2f}" for ratio in ratios) + " |")
     return (lines + [""] + compressed_lines(rows, methods, baseline, level) + tuned_lines(rows, level)
             + heldout_tuned_lines(rows, level) + seed_lines(rows, methods))

@@ -198,14 +198,19 @@ def test_a_cell_set_aside_is_reported_but_not_counted(tmp_path):
     assert "Over the cells first, second (noisy set aside)." in recorded
 
 
-def test_the_floor_line_gives_the_majority_class_score_of_the_runs_that_record_it():
-    """Seeds 1-2 record the floor (each run drops its own contained rows, so it can differ by seed); seed 3's
-    row predates the record and is left out; a cell with no such row prints no line."""
+def test_the_floor_is_each_seeds_and_the_margin_above_it_is_paired_by_seed():
+    """Seeds 1-2 record the floor (each seed trains on its own sample, so keeps its own rows); seed 3's
+    runs predate the record; seed 1's SAM run predates it too and takes its seed's floor from AdamW's row."""
     rows = [row("adamw", s, 0.75, 0.70, {}) for s in (1, 2, 3)]
-    assert summarize_beyond.floor_line(rows) == []
+    rows += [row("sam@sam_rho=0.1", s, h, 0.70, {}) for s, h in ((1, 0.70), (2, 0.74), (3, 0.90))]
+    assert summarize_beyond.floor_line(rows) == [] and summarize_beyond.above_floor(rows, "adamw") is None
     rows[0]["results"]["heldout_input_blind_score"] = 0.6801
     rows[1]["results"]["heldout_input_blind_score"] = 0.7049
+    rows[4]["results"]["heldout_input_blind_score"] = 0.7049
     line = summarize_beyond.floor_line(rows)[0]
-    assert "scores 68.0-70.5 on the held-out block (seeds 1, 2:" in line
-    del rows[1]["results"]["heldout_input_blind_score"]
-    assert "scores 68.0 on the held-out block (seed 1:" in summarize_beyond.floor_line(rows)[0]
+    assert "scores 68.0-70.5 on the held-out block (seeds 1, 2)" in line
+    # SAM: (0.70 - 0.6801) on seed 1, (0.74 - 0.7049) on seed 2; seed 3 has no floor
+    assert math.isclose(summarize_beyond.above_floor(rows, "sam@sam_rho=0.1"), ((0.70 - 0.6801) + (0.74 - 0.7049)) / 2)
+    assert math.isclose(summarize_beyond.above_floor(rows, "adamw"), ((0.75 - 0.6801) + (0.75 - 0.7049)) / 2)
+    del rows[1]["results"]["heldout_input_blind_score"], rows[4]["results"]["heldout_input_blind_score"]
+    assert "scores 68.0 on the held-out block (seed 1)" in summarize_beyond.floor_line(rows)[0]
