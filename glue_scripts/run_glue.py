@@ -273,6 +273,16 @@ class BestWeights(TrainerCallback):
                 "early_stopping_best_step": self.step, "early_stopping_best_epoch": self.epoch}
 
 
+def warn_if_stopped_at_the_floor(best: BestWeights, floor: Optional[float]) -> None:
+    """One line when the early-stopped model scores no better on its split than predicting the split's
+    majority class: on noisy labels the split's best can come before anything was learnt."""
+    if floor is not None and best.score is not None and best.score <= floor:
+        logger.warning(f"Early stopping kept the model of epoch {best.epoch:.2f}, whose {best.key} "
+                       f"({best.score:.4f}) is no better than predicting the split's majority class ({floor:.4f}): "
+                       "it has learnt nothing the split can see. Use a larger or cleaner --early_stopping_split, "
+                       "or the last model (last_*).")
+
+
 def compression_results(trainer: KSAMTrainer, dataset: datasets.Dataset, split: str, seed: int,
                         base: dict[str, float]) -> dict[str, float]:
     """The split's metrics after each compression (`ksam_hf.compression`), `{split}_{variant}_{metric}`,
@@ -486,6 +496,9 @@ def shape_training_split(raw: DatasetDict, data_args: DataTrainingArguments, tra
             record["early_stopping_flipped"] = len(stop_flipped)
         marked = set(flipped)
         raw["train"] = raw["train"].add_column(FLIPPED_COLUMN, [int(i in marked) for i in range(len(raw["train"]))])
+    if "stop" in raw and task is not None and not task.is_regression:
+        # what the split rewards a model that learnt nothing for: its (noised) majority class's score
+        record["early_stopping_input_blind_score"] = input_blind_baseline(task.name, raw["stop"]["label"])[1]
     if "heldout" in raw:  # against the rows this run trains on
         training = raw["train"]
         text_columns = task.text_columns if task is not None else tuple(
@@ -734,6 +747,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         if best is not None:  # the last model is a candidate too
             trainer.evaluate(eval_dataset=processed["stop"], metric_key_prefix="eval_stop")
             metrics.update(best.results())
+            warn_if_stopped_at_the_floor(best, shaping.get("early_stopping_input_blind_score"))
         if data_args.save_weights:
             trainer.save_model()  # the tokenizer too (the last model; the scores below are the best one's)
         trainer.log_metrics("train", metrics)

@@ -43,8 +43,9 @@ def test_the_split_is_seeded_disjoint_and_sized():
     assert len(split_for_stopping(rows, 7, seed=1)[1]) == 7
 
 
-def test_early_stopping_scores_the_best_model_and_the_last(tiny_model, tmp_path):  # noqa: F811
-    results = run(tiny_model, tmp_path, "stopped")
+def test_early_stopping_scores_the_best_model_and_the_last(tiny_model, tmp_path, caplog):  # noqa: F811
+    with caplog.at_level("WARNING"):
+        results = run(tiny_model, tmp_path, "stopped")
     assert results["early_stopping_rows"] == 15 and results["train_samples"] == 45
     assert results["early_stopping_flipped"] == 3  # 20 % of its 15 rows, as the training rows are noised
     state = json.loads((tmp_path / "stopped" / "trainer_state.json").read_text())
@@ -54,6 +55,8 @@ def test_early_stopping_scores_the_best_model_and_the_last(tiny_model, tmp_path)
     assert (results["early_stopping_best_step"], results["early_stopping_best_score"]) == (best_step, best_score)
     assert {"last_heldout_accuracy", "heldout_accuracy", "last_eval_accuracy", "eval_accuracy"} <= set(results)
     assert results["heldout_predicted_classes"] in (1, 2) and results["last_heldout_predicted_classes"] in (1, 2)
+    at_the_floor = results["early_stopping_best_score"] <= results["early_stopping_input_blind_score"]
+    assert at_the_floor == ("no better than predicting the split's majority class" in caplog.text)
     assert best_step < results["train_steps"]  # here the best is not the last model...
     assert results["heldout_loss"] != results["last_heldout_loss"]  # ...and the scores are the best one's
     # The best model is the model of that step: a run stopped there (a constant learning rate, the same

@@ -638,6 +638,34 @@ def test_a_ranking_rule_logs_the_share_of_flipped_labels_among_the_examples_it_k
     assert results["train_mean_kept_label_flipped"] == pytest.approx(sum(kept) / 5, abs=1e-4)
 
 
+def test_the_stopping_splits_floor_is_its_noisy_majority_and_a_best_model_at_it_is_flagged(glue_dir, caplog):
+    """MRPC scores accuracy and F1: predicting its majority class (paraphrase, 1) on a share p of 1s
+    scores accuracy p and F1 2p / (1 + p) (precision p, recall 1), counted here on the split's noised labels."""
+    _, data_args, training_args = parse_args(["--model_name_or_path", "m", "--output_dir", "o", "--task_name", "mrpc",
+                                              "--seed", "2", "--train_sample", "300", "--label_noise", "0.3",
+                                              "--early_stopping_split", "0.2"])
+    raw = load_glue_tsv(glue_dir, "mrpc", ["train"])
+    record = run_glue.shape_training_split(raw, data_args, training_args, run_glue.glue_task("mrpc"), [0, 1])
+    labels = raw["stop"]["label"]
+    p = labels.count(1) / len(labels)
+    assert p > 0.5 and record["early_stopping_flipped"] == 18  # 30 % of the split's 60 rows
+    assert record["early_stopping_input_blind_score"] == pytest.approx((p + 2 * p / (1 + p)) / 2)
+    clean = load_glue_tsv(glue_dir, "mrpc", ["train"])["train"].select(raw["stop"]["idx"])["label"]
+    assert clean.count(1) != labels.count(1)  # so the floor above is the noised split's, not the file's
+
+    best = run_glue.BestWeights("eval_stop_combined_score", higher=True)
+    best.score, best.epoch = record["early_stopping_input_blind_score"], 0.48
+    with caplog.at_level("WARNING"):
+        run_glue.warn_if_stopped_at_the_floor(best, record["early_stopping_input_blind_score"])
+    assert "no better than predicting the split's majority class" in caplog.text and "epoch 0.48" in caplog.text
+    caplog.clear()
+    best.score += 0.01
+    with caplog.at_level("WARNING"):
+        run_glue.warn_if_stopped_at_the_floor(best, record["early_stopping_input_blind_score"])
+        run_glue.warn_if_stopped_at_the_floor(best, None)  # a dataset that is not GLUE: no floor, no line
+    assert caplog.text == ""
+
+
 def test_every_method_of_a_seed_trains_on_the_same_noisy_sample_and_the_dev_set_is_untouched(glue_dir):
     shaped = {}
     for optimizer in ("adamw", "sam", "ksam"):
