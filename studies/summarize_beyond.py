@@ -30,7 +30,7 @@ from typing import Callable, Optional
 from studies.methods import PLAIN_METHODS, parse, short_name
 from studies.rows import load_rows
 from studies.stats import bonferroni, difference_cell, half_width, interval
-from studies.tasks import run_input_blind
+from studies.tasks import replayed_heldout_floor, run_input_blind
 
 COMPRESSIONS = ("int8", "prune30", "prune50", "prune70", "noise0.01", "noise0.02", "noise0.05")
 LAST_VS_STOPPED = "last-vs-stopped"
@@ -124,30 +124,44 @@ def precision_line(rows: list[dict], baseline: str, planned_cells: int) -> list[
             f"{100 * level:.2f} % (Bonferroni over the {planned_cells} cells the study plans).", ""]
 
 
-def floors_by_seed(rows: list[dict]) -> dict[int, float]:
-    """Each seed's input-blind floor: the held-out score of predicting the majority class, which `run_glue.py`
-    records on the rows a run kept. Every arm of a seed trains on the same sample and so keeps the same rows,
-    so one run that records it gives it for the seed's runs that predate the record."""
+def recorded_floors(rows: list[dict]) -> dict[int, float]:
+    """Each seed's input-blind floor as `run_glue.py` records it: the majority class's held-out score on the
+    rows a run kept. Every arm of a seed trains on the same sample and so keeps the same rows, so one run that
+    records it gives it for the seed's runs that predate the record."""
     return {r["seed"]: r["results"]["heldout_input_blind_score"] for r in rows
             if r["results"].get("heldout_input_blind_score") is not None}
 
 
-def floor_line(rows: list[dict]) -> list[str]:
+def floors_by_seed(rows: list[dict], glue_dir: Optional[str] = None) -> dict[int, float]:
+    """Each seed's floor: recorded, or else (`glue_dir`) replayed from its first run's settings
+    (`studies.tasks.replayed_heldout_floor`); a seed with neither has none."""
+    floors = recorded_floors(rows)
+    for r in rows:
+        if r["seed"] not in floors and (floor := replayed_heldout_floor(glue_dir, r)) is not None:
+            floors[r["seed"]] = floor
+    return floors
+
+
+def floor_line(rows: list[dict], glue_dir: Optional[str] = None) -> list[str]:
     """The floor an arm must clear to have learnt anything, per seed (`floors_by_seed`)."""
-    floors = floors_by_seed(rows)
+    floors = floors_by_seed(rows, glue_dir)
     if not floors:
         return []
     low, high = 100 * min(floors.values()), 100 * max(floors.values())
     seeds = ", ".join(str(s) for s in sorted(floors))
+    replayed = sorted(set(floors) - set(recorded_floors(rows)))
     return [f"Input-blind floor: predicting the majority class scores {low:.1f}"
             + (f"-{high:.1f}" if f"{high:.1f}" != f"{low:.1f}" else "")
-            + f" on the held-out block (seed{'s' * (len(floors) > 1)} {seeds}); \"above the floor\": an arm's "
-            "held-out score minus its seed's floor, the mean over its runs.", ""]
+            + f" on the held-out block (seed{'s' * (len(floors) > 1)} {seeds}"
+            + (", replayed from the runs' settings, their rows predating the record" if len(replayed) == len(floors)
+               else f"; seed{'s' * (len(replayed) > 1)} {', '.join(map(str, replayed))} replayed from the runs' "
+               "settings, their rows predating the record" if replayed else "")
+            + "); \"above the floor\": an arm's held-out score minus its seed's floor, the mean over its runs.", ""]
 
 
-def above_floor(rows: list[dict], method: str) -> Optional[float]:
+def above_floor(rows: list[dict], method: str, glue_dir: Optional[str] = None) -> Optional[float]:
     """The arm's mean held-out score minus each run's seed floor, over its runs whose seed has one."""
-    floors = floors_by_seed(rows)
+    floors = floors_by_seed(rows, glue_dir)
     margins = [r["heldout_score"] - floors[r["seed"]] for r in rows
                if r["method"] == method and r["seed"] in floors and r.get("heldout_score") is not None]
     return statistics.fmean(margins) if margins else None
@@ -192,7 +206,7 @@ def runs_step_ratio(rows: list[dict], method: str) -> Optional[float]:
 
 
 def cell_lines(name: str, rows: list[dict], baseline: str, level: float, benchmark: dict[str, float],
-               planned_cells: int) -> list[str]:
+               planned_cells: int, glue_dir: Optional[str] = None) -> list[str]:
     methods = list(dict.fromkeys(r["method"] for r in rows))
     header = ("| arm | seeds | input-blind | held-out (best) | above the floor | - AdamW | last model - AdamW's last | "
               "last model - AdamW early-stopped | "
@@ -200,7 +214,7 @@ def cell_lines(name: str, rows: list[dict], baseline: str, level: float, benchma
     lines = [f"### {name}", "", f"Baseline: `{baseline}`, early-stopped as every arm; intervals at "
              f"{100 * level:.2f} % (Bonferroni over the cells). Input-blind: runs whose best or last model ends at the dev "
              "loss of the uniform predictor (ln classes) or predicts one class for every held-out row: their scores "
-             "measure nothing learnt.", "", *precision_line(rows, baseline, planned_cells), *floor_line(rows), header,
+             "measure nothing learnt.", "", *precision_line(rows, baseline, planned_cells), *floor_line(rows, glue_dir), header,
              "|---" * (10 + len(COMPRESSIONS)) + "|"]
     for method in methods:
         own = [r["heldout_score"] for r in rows if r["method"] == method and r.get("heldout_score") is not None]
@@ -209,7 +223,7 @@ def cell_lines(name: str, rows: list[dict], baseline: str, level: float, benchma
                  for o in ("heldout", "last", LAST_VS_STOPPED, *COMPRESSIONS)]
         ratios = (step_cost(method, benchmark), runs_step_ratio(rows, method))
         blind = sum(run_input_blind(r) for r in rows if r["method"] == method)
-        margin = above_floor(rows, method)
+        margin = above_floor(rows, method, glue_dir)
         lines.append(f"| `{method}` | {len(own)} | {blind or ''} | {mean} | "
                      + ("—" if margin is None else f"{100 * margin:+.1f}") + " | " + " | ".join(cells) + " | "
                      + " | ".join("—" if ratio is None else f"{ratio:.2f}" for ratio in ratios) + " |")
@@ -414,6 +428,8 @@ def main(argv: Optional[list[str]] = None) -> str:
     parser.add_argument("--baseline", default="adamw")
     parser.add_argument("--cost", type=Path, default=DEFAULT_COST,
                         help="a benchmarks.step_time JSON whose paired ratios give each arm's step over AdamW's")
+    parser.add_argument("--glue_dir", default=str(REPO.parent / "shared" / "glue"),
+                        help="the GLUE TSVs, to replay the floor of rows written before run_glue.py recorded it")
     parser.add_argument("--planned_cells", type=int, default=4,
                         help="the cells the study will end with: the level of each cell's precision line")
     parser.add_argument("--set_aside", nargs="*", default=[], metavar="CELL",
@@ -463,7 +479,7 @@ def main(argv: Optional[list[str]] = None) -> str:
             "controls' runs) is what they paid on their own batches, length-grouped and so shorter than the "
             "benchmark's.", ""]
     for name, rows in cells.items():
-        text += cell_lines(name, rows, args.baseline, level, benchmark, args.planned_cells)
+        text += cell_lines(name, rows, args.baseline, level, benchmark, args.planned_cells, args.glue_dir)
         if name in reasons:
             text += [f"Set aside ({reasons[name]}): {name}'s tables stay, but it is left out of the verdict, the plot "
                      "and the Bonferroni count.", ""]

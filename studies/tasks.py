@@ -12,8 +12,8 @@ from glue_scripts.glue_metrics import MAIN_METRIC, input_blind_baseline
 
 TASK_ORDER = ("rte", "mrpc", "cola", "stsb", "sst2", "qnli", "mnli", "qqp", "wnli")
 """The order of the tables' columns."""
-__all__ = ["MAIN_METRIC", "TASK_ORDER", "at_uniform_predictor", "input_blind_baselines", "run_at_uniform_predictor",
-           "run_input_blind"]
+__all__ = ["MAIN_METRIC", "TASK_ORDER", "at_uniform_predictor", "input_blind_baselines", "replayed_heldout_floor",
+           "run_at_uniform_predictor", "run_input_blind"]
 
 
 UNIFORM_LOSS_TOLERANCE = 0.002
@@ -67,3 +67,36 @@ def task_input_blind_baseline(glue_dir: str, task: str, train: bool) -> tuple[fl
     return input_blind_baseline(task, load_glue_tsv(glue_dir, task, [split])[split]["label"])
 
 
+SHAPING_OPTIONS = ("train_sample", "train_sample_seed", "max_train_samples", "label_noise", "label_noise_seed",
+                   "test_split_rows", "early_stopping_split")
+"""The `run_glue.py` options that decide which training rows a run holds out, samples and noises."""
+
+
+def replayed_heldout_floor(glue_dir: Optional[str], row: dict) -> Optional[float]:
+    """The majority class's score on the held-out rows a run kept, for a row written before `run_glue.py`
+    recorded it (`heldout_input_blind_score`): the run's training split shaped again from the row's settings,
+    by the run's own code (the same seeded sample and noise, the same check for held-out text inside a
+    training row). None without the GLUE files, a held-out block or a classification task."""
+    settings = row.get("settings") or {}
+    task = settings.get("task_name")
+    if not glue_dir or not task or "test_split_rows" not in settings or glue_task(task).is_regression:
+        return None
+    options = tuple((name, str(settings[name])) for name in SHAPING_OPTIONS if name in settings)
+    try:
+        return _replayed_floor(str(glue_dir), task, str(row["seed"]), options)
+    except FileNotFoundError:
+        return None
+
+
+@functools.lru_cache(maxsize=None)
+def _replayed_floor(glue_dir: str, task: str, seed: str, options: tuple[tuple[str, str], ...]) -> float:
+    from glue_scripts import run_glue  # the runner: Transformers, read only when a floor is replayed
+
+    argv = ["--model_name_or_path", "none", "--output_dir", "none", "--task_name", task, "--seed", seed]
+    for name, value in options:
+        argv += [f"--{name}", value]
+    _, data_args, training_args = run_glue.parse_args(argv)
+    spec = glue_task(task)
+    raw = load_glue_tsv(glue_dir, spec.name, ["train"])
+    record = run_glue.shape_training_split(raw, data_args, training_args, spec, list(range(spec.num_labels)))
+    return record["heldout_input_blind_score"]

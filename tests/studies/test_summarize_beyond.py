@@ -214,3 +214,24 @@ def test_the_floor_is_each_seeds_and_the_margin_above_it_is_paired_by_seed():
     assert math.isclose(summarize_beyond.above_floor(rows, "adamw"), ((0.75 - 0.6801) + (0.75 - 0.7049)) / 2)
     del rows[1]["results"]["heldout_input_blind_score"], rows[4]["results"]["heldout_input_blind_score"]
     assert "scores 68.0 on the held-out block (seed 1)" in summarize_beyond.floor_line(rows)[0]
+
+
+def test_a_floor_replayed_from_a_runs_settings_is_the_floor_the_run_recorded(glue_dir):
+    """Noisy MRPC's seed 1: its first runs predate the record, its later ones recorded 75.6 on the 584 rows
+    they kept. Shaping the split again from a run's settings (the seeded sample, the noise, the held-out
+    rows whose text sits inside a training row dropped) must give the recorded floor, on both seeds."""
+    path = summarize_beyond.REPO / "docs/results/beyond-training-less/mrpc-n1000-noise30/results.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    recorded = summarize_beyond.recorded_floors(rows)
+    assert set(recorded) == {1, 2}
+    for seed in (1, 2):
+        older = next(r for r in rows if r["seed"] == seed)
+        stripped = {**older, "results": {k: v for k, v in older["results"].items() if k != "heldout_input_blind_score"}}
+        assert summarize_beyond.replayed_heldout_floor(str(glue_dir), stripped) == recorded[seed]
+    # a cell whose seed 2 has no record takes the replayed floor for it, and says so
+    rows = [{**r, "results": {k: v for k, v in r["results"].items() if k != "heldout_input_blind_score"}}
+            if r["seed"] == 2 else r for r in rows]
+    assert summarize_beyond.floors_by_seed(rows) == {1: recorded[1]}
+    assert summarize_beyond.floors_by_seed(rows, str(glue_dir)) == recorded
+    assert "(seeds 1, 2; seed 2 replayed from the runs' settings" in summarize_beyond.floor_line(rows, str(glue_dir))[0]
+    assert summarize_beyond.replayed_heldout_floor(None, rows[0]) is None  # no GLUE files: no floor
