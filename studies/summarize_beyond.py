@@ -159,9 +159,9 @@ def floor_line(rows: list[dict], glue_dir: Optional[str] = None) -> list[str]:
             + "); \"above the floor\": an arm's held-out score minus its seed's floor, the mean over its runs.", ""]
 
 
-def above_floor(rows: list[dict], method: str, glue_dir: Optional[str] = None) -> Optional[float]:
-    """The arm's mean held-out score minus each run's seed floor, over its runs whose seed has one."""
-    floors = floors_by_seed(rows, glue_dir)
+def above_floor(rows: list[dict], method: str, floors: dict[int, float]) -> Optional[float]:
+    """The arm's mean held-out score minus each run's seed floor (`floors_by_seed`), over its runs whose seed
+    has one."""
     margins = [r["heldout_score"] - floors[r["seed"]] for r in rows
                if r["method"] == method and r["seed"] in floors and r.get("heldout_score") is not None]
     return statistics.fmean(margins) if margins else None
@@ -216,6 +216,7 @@ def cell_lines(name: str, rows: list[dict], baseline: str, level: float, benchma
              "loss of the uniform predictor (ln classes) or predicts one class for every held-out row: their scores "
              "measure nothing learnt.", "", *precision_line(rows, baseline, planned_cells), *floor_line(rows, glue_dir), header,
              "|---" * (10 + len(COMPRESSIONS)) + "|"]
+    floors = floors_by_seed(rows, glue_dir)  # once a cell: a replayed floor reads the GLUE files
     for method in methods:
         own = [r["heldout_score"] for r in rows if r["method"] == method and r.get("heldout_score") is not None]
         mean = f"{100 * statistics.fmean(own):.1f}" if own else "—"
@@ -223,7 +224,7 @@ def cell_lines(name: str, rows: list[dict], baseline: str, level: float, benchma
                  for o in ("heldout", "last", LAST_VS_STOPPED, *COMPRESSIONS)]
         ratios = (step_cost(method, benchmark), runs_step_ratio(rows, method))
         blind = sum(run_input_blind(r) for r in rows if r["method"] == method)
-        margin = above_floor(rows, method, glue_dir)
+        margin = above_floor(rows, method, floors)
         lines.append(f"| `{method}` | {len(own)} | {blind or ''} | {mean} | "
                      + ("—" if margin is None else f"{100 * margin:+.1f}") + " | " + " | ".join(cells) + " | "
                      + " | ".join("—" if ratio is None else f"{ratio:.2f}" for ratio in ratios) + " |")

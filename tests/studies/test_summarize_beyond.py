@@ -203,15 +203,16 @@ def test_the_floor_is_each_seeds_and_the_margin_above_it_is_paired_by_seed():
     runs predate the record; seed 1's SAM run predates it too and takes its seed's floor from AdamW's row."""
     rows = [row("adamw", s, 0.75, 0.70, {}) for s in (1, 2, 3)]
     rows += [row("sam@sam_rho=0.1", s, h, 0.70, {}) for s, h in ((1, 0.70), (2, 0.74), (3, 0.90))]
-    assert summarize_beyond.floor_line(rows) == [] and summarize_beyond.above_floor(rows, "adamw") is None
+    assert summarize_beyond.floor_line(rows) == [] and summarize_beyond.floors_by_seed(rows) == {}
+    assert summarize_beyond.above_floor(rows, "adamw", {}) is None
     rows[0]["results"]["heldout_input_blind_score"] = 0.6801
     rows[1]["results"]["heldout_input_blind_score"] = 0.7049
     rows[4]["results"]["heldout_input_blind_score"] = 0.7049
-    line = summarize_beyond.floor_line(rows)[0]
+    line, floors = summarize_beyond.floor_line(rows)[0], summarize_beyond.floors_by_seed(rows)
     assert "scores 68.0-70.5 on the held-out block (seeds 1, 2)" in line
     # SAM: (0.70 - 0.6801) on seed 1, (0.74 - 0.7049) on seed 2; seed 3 has no floor
-    assert math.isclose(summarize_beyond.above_floor(rows, "sam@sam_rho=0.1"), ((0.70 - 0.6801) + (0.74 - 0.7049)) / 2)
-    assert math.isclose(summarize_beyond.above_floor(rows, "adamw"), ((0.75 - 0.6801) + (0.75 - 0.7049)) / 2)
+    assert math.isclose(summarize_beyond.above_floor(rows, "sam@sam_rho=0.1", floors), ((0.70 - 0.6801) + (0.74 - 0.7049)) / 2)
+    assert math.isclose(summarize_beyond.above_floor(rows, "adamw", floors), ((0.75 - 0.6801) + (0.75 - 0.7049)) / 2)
     del rows[1]["results"]["heldout_input_blind_score"], rows[4]["results"]["heldout_input_blind_score"]
     assert "scores 68.0 on the held-out block (seed 1)" in summarize_beyond.floor_line(rows)[0]
 
