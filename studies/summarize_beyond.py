@@ -124,6 +124,52 @@ def precision_line(rows: list[dict], baseline: str, planned_cells: int) -> list[
             f"{100 * level:.2f} % (Bonferroni over the {planned_cells} cells the study plans).", ""]
 
 
+PILOT_SEEDS = (1, 2)
+"""The seeds every arm of a cell runs first (the specs' `seeds`); a sign on them sends an arm to `PLANNED_SEEDS`."""
+
+
+def pilot_signs(rows: list[dict], baseline: str) -> list[tuple[str, list[float]]]:
+    """The arms with a sign in the pilot, the protocol's trigger for seeds 3-5: the held-out score (the primary
+    outcome) ahead of the early-stopped baseline on every pilot seed, none of the arm's pilot runs input-blind
+    (a near-tie at the 50/50 predictor is no sign), with the differences. An arm the baseline leads on both
+    seeds gets no more seeds: the question is whether any arm beats it."""
+    pilot = [r for r in rows if r["seed"] in PILOT_SEEDS]
+    blind = {(r["method"], r["seed"]) for r in pilot if run_input_blind(r)}
+    signs = []
+    for method in dict.fromkeys(r["method"] for r in pilot if r["method"] != baseline):
+        values = paired(pilot, method, baseline, "heldout")
+        if (len(values) == len(PILOT_SEEDS) and all(v > 0 for v in values)
+                and not any((method, seed) in blind for seed in PILOT_SEEDS)):
+            signs.append((method, values))
+    return signs
+
+
+def pilot_sign_line(rows: list[dict], baseline: str) -> list[str]:
+    """`pilot_signs` as a sentence, with each signed arm against the plain control at its best on the pilot
+    (the stricter comparison, for information: the trigger is the early-stopped baseline)."""
+    pilot = [r for r in rows if r["seed"] in PILOT_SEEDS]
+    complete = [m for m in dict.fromkeys(r["method"] for r in pilot)
+                if {r["seed"] for r in pilot if r["method"] == m} >= set(PILOT_SEEDS)]
+    if baseline not in complete or len(complete) < 2:
+        return []
+    seeds = ", ".join(map(str, PILOT_SEEDS))
+    signs = pilot_signs(rows, baseline)
+    control, model, _ = at_best_on_heldout(pilot).get("plain", (baseline, "heldout", []))
+
+    def shown_arm(method: str, values: list[float]) -> str:
+        ahead = ", ".join(f"{100 * v:+.1f}" for v in values)
+        if (method, "heldout") == (control, model):
+            return f"`{method}` ({ahead}; itself the plain control at its best on the pilot)"
+        strict = paired_models(pilot, method, "heldout", control, model)
+        return (f"`{method}` ({ahead}; against `{control}`'s {'last' if model == 'last' else 'early-stopped'} "
+                f"model, the plain control at its best on the pilot: {', '.join(f'{100 * v:+.1f}' for v in strict)})")
+
+    found = "; ".join(shown_arm(m, v) for m, v in signs) if signs else "none"
+    return [f"Signs in the pilot (seeds {seeds}; {len(complete) - 1} arm{'s' * (len(complete) != 2)} with both run), "
+            "the trigger for seeds 3-5: held-out score ahead of the early-stopped AdamW on every pilot seed, no run of "
+            f"the arm input-blind: {found}.", ""]
+
+
 def recorded_floors(rows: list[dict]) -> dict[int, float]:
     """Each seed's input-blind floor as `run_glue.py` records it: the majority class's held-out score on the
     rows a run kept. Every arm of a seed trains on the same sample and so keeps the same rows, so one run that
@@ -214,7 +260,8 @@ def cell_lines(name: str, rows: list[dict], baseline: str, level: float, benchma
     lines = [f"### {name}", "", f"Baseline: `{baseline}`, early-stopped as every arm; intervals at "
              f"{100 * level:.2f} % (Bonferroni over the cells). Input-blind: runs whose best or last model ends at the dev "
              "loss of the uniform predictor (ln classes) or predicts one class for every held-out row: their scores "
-             "measure nothing learnt.", "", *precision_line(rows, baseline, planned_cells), *floor_line(rows, glue_dir), header,
+             "measure nothing learnt.", "", *precision_line(rows, baseline, planned_cells), *floor_line(rows, glue_dir),
+             *pilot_sign_line(rows, baseline), header,
              "|---" * (10 + len(COMPRESSIONS)) + "|"]
     floors = floors_by_seed(rows, glue_dir)  # once a cell: a replayed floor reads the GLUE files
     for method in methods:

@@ -236,3 +236,27 @@ def test_a_floor_replayed_from_a_runs_settings_is_the_floor_the_run_recorded(glu
     assert summarize_beyond.floors_by_seed(rows, str(glue_dir)) == recorded
     assert "(seeds 1, 2; seed 2 replayed from the runs' settings" in summarize_beyond.floor_line(rows, str(glue_dir))[0]
     assert summarize_beyond.replayed_heldout_floor(None, rows[0]) is None  # no GLUE files: no floor
+
+
+def test_a_sign_in_the_pilot_is_every_pilot_seed_ahead_of_adamw_and_no_run_input_blind():
+    """The trigger for seeds 3-5, by hand: ahead on both pilot seeds (a later seed does not count), not on one;
+    an arm with a run at the 50/50 predictor or a seed missing has no sign; a lead over AdamW early-stopped is
+    shown against the plain control at its best on the pilot too."""
+    rows = [row("adamw", s, h, 0.60, {}) for s, h in ((1, 0.70), (2, 0.74), (3, 0.72))]
+    rows += [row("adamw@learning_rate=2e-5", s, 0.69, last, {}) for s, last in ((1, 0.75), (2, 0.73))]
+    rows += [row("sam@sam_rho=0.1", s, h, 0.60, {}) for s, h in ((1, 0.73), (2, 0.75), (3, 0.60))]
+    rows += [row("sam@sam_rho=0.05", s, h, 0.60, {}) for s, h in ((1, 0.80), (2, 0.73))]  # behind on seed 2
+    rows += [row("sam@sam_rho=0.01", s, h, 0.60, {}) for s, h in ((1, 0.80), (2, 0.80))]
+    rows[-1]["results"]["last_eval_loss"] = math.log(2)  # its seed 2 ends at the 50/50 predictor
+    rows += [row("sam@sam_group_size=4@sam_rho=0.01", 1, 0.90, 0.60, {})]  # seed 2 not run yet
+    signs = summarize_beyond.pilot_signs(rows, "adamw")
+    assert [m for m, _ in signs] == ["sam@sam_rho=0.1"]
+    assert [round(v, 4) for v in signs[0][1]] == [0.03, 0.01]
+    # the plain control at its best on seeds 1-2: lr 2e-5's last model (0.75, 0.73: mean 0.74 over AdamW's 0.72)
+    line = summarize_beyond.pilot_sign_line(rows, "adamw")[0]
+    assert "(seeds 1, 2; 4 arms with both run)" in line
+    assert ("`sam@sam_rho=0.1` (+3.0, +1.0; against `adamw@learning_rate=2e-5`'s last model, the plain control at "
+            "its best on the pilot: -2.0, +2.0)") in line
+    assert summarize_beyond.pilot_sign_line([r for r in rows if r["method"] != "sam@sam_rho=0.1"], "adamw")[0].endswith(
+        "input-blind: none.")
+    assert summarize_beyond.pilot_sign_line([r for r in rows if r["seed"] == 1], "adamw") == []  # no pilot yet
