@@ -12,7 +12,8 @@ over the cells (each at 1 - 0.05 / cells; `--set_aside` cells, reported, are not
 as a user would, by the validation split alone, against the plain control tuned the same way; and, post
 hoc, each family at its best on the held-out block (arm and model) against the plain family at its best,
 also on the fresh seeds alone (those neither choice was made on). Writes `beyond.md` (the tables and the verdict lines)
-and `beyond.png` (held-out difference and four drops per arm, a colour per cell).
+and `beyond.png` (held-out difference and four drops per arm, a colour per cell). What a row measures is
+`studies.beyond_outcomes`; the protocol's own decisions (too noisy, signs in the pilot, the floor), `studies.beyond_protocol`.
 
     python -m studies.summarize_beyond docs/results/beyond-training-less
 """
@@ -21,197 +22,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 from pathlib import Path
 from typing import Callable, Optional
 
+from studies.beyond_outcomes import COMPRESSIONS, LAST_VS_STOPPED, SCORED, outcome, paired, paired_models
+from studies.beyond_protocol import (above_floor, floor_line, floors_by_seed, pilot_rows, pilot_sign_line,
+                                     precision_line, resolves_less)
 from studies.methods import PLAIN_METHODS, parse, short_name
 from studies.rows import load_rows
-from studies.stats import bonferroni, difference_cell, half_width, interval
-from studies.tasks import replayed_heldout_floor, run_input_blind
-
-COMPRESSIONS = ("int8", "prune30", "prune50", "prune70", "noise0.01", "noise0.02", "noise0.05")
-LAST_VS_STOPPED = "last-vs-stopped"
-"""The arm's last model against AdamW's early-stopped one: whether the arm, trained to the end with no
-validation split to stop on, does what early stopping does for AdamW (a secondary outcome, added after
-the pilot's seed 2 showed the arms' early stopping on a 200-row noisy split pick poor models)."""
+from studies.stats import bonferroni, difference_cell, interval
+from studies.tasks import run_input_blind
 
 PLOTTED = ("heldout", LAST_VS_STOPPED, "int8", "prune50", "prune70", "noise0.02")
-
-
-SCORED = " score"
-"""A compression's name + SCORED: the compressed model's held-out score itself (what a user who ships it gets),
-rather than its drop from the model's own score."""
-
-
-def outcome(row: dict, name: str) -> Optional[float]:
-    """`heldout`: the best model's held-out score; `last`: the last model's; a compression: its drop;
-    a compression + `SCORED`: the score after it."""
-    if name == "heldout":
-        return row.get("heldout_score")
-    if name == "last":
-        return row.get("last_heldout_score")
-    if name.endswith(SCORED):
-        return row["results"].get(f"heldout_{name.removesuffix(SCORED)}_{row['metric']}")
-    return row["results"].get(f"heldout_{name}_drop_{row['metric']}")
-
-
-def paired(rows: list[dict], method: str, baseline: str, name: str) -> list[float]:
-    """The arm's outcome minus the baseline's, per seed both have (`LAST_VS_STOPPED`: the arm's last
-    model minus the baseline's early-stopped one)."""
-    own, theirs = ("last", "heldout") if name == LAST_VS_STOPPED else (name, name)
-    return paired_models(rows, method, own, baseline, theirs)
-
-
-def paired_models(rows: list[dict], method: str, own: str, baseline: str, theirs: str,
-                  leaving_out: frozenset[int] = frozenset()) -> list[float]:
-    """The arm's outcome `own` minus the baseline's outcome `theirs`, per seed both have (but `leaving_out`)."""
-    arm = {r["seed"]: outcome(r, own) for r in rows if r["method"] == method and r["seed"] not in leaving_out}
-    base = {r["seed"]: outcome(r, theirs) for r in rows if r["method"] == baseline}
-    return [arm[s] - base[s] for s in sorted(arm) if arm[s] is not None and base.get(s) is not None]
-
 
 SET_ASIDE = "set_aside.json"
 """In the results folder: {cell: why} for the cells a rule set aside (the study's record of its outcome);
 `--set_aside` adds cells from the command line."""
-
-PLANNED_SEEDS = 5
-"""The seeds an arm with a sign in the pilot gets (the issue's 5+): the precision line's sample size."""
-
-
-def pooled_paired_sd(rows: list[dict], baseline: str) -> tuple[Optional[float], int, int]:
-    """The pooled standard deviation of the arms' paired held-out differences to the baseline (each arm's
-    spread about its own mean, weighted by its degrees of freedom; a pair with an input-blind run left out),
-    the arms pooled and the degrees of freedom: how much a cell's seeds disagree, whatever the arm."""
-    blind = {(r["method"], r["seed"]) for r in rows if run_input_blind(r)}
-    squares, dof, arms = 0.0, 0, 0
-    for method in dict.fromkeys(r["method"] for r in rows if r["method"] != baseline):
-        leaving_out = frozenset(seed for name, seed in blind if name in (method, baseline))
-        values = paired_models(rows, method, "heldout", baseline, "heldout", leaving_out)
-        if len(values) >= 2:
-            squares += statistics.variance(values) * (len(values) - 1)
-            dof, arms = dof + len(values) - 1, arms + 1
-    return (math.sqrt(squares / dof) if dof else None), arms, dof
-
-
-def planned_half_width(sd: float, planned_cells: int) -> float:
-    """The half-width of a `PLANNED_SEEDS`-seed paired t-interval of spread `sd`, Bonferroni over the cells."""
-    return half_width(sd, PLANNED_SEEDS, bonferroni(planned_cells))
-
-
-def resolves_less(rows: list[dict], anchor: list[dict], baseline: str, planned_cells: int) -> Optional[bool]:
-    """Whether a cell's planned interval is wider than the anchor cell's: the rule that sets a cell aside
-    as too noisy (`studies/specs/beyond_training_less_noisy_mrpc.json`); None while either cell has no arm
-    with two paired seeds (no spread to compare yet)."""
-    spreads = [pooled_paired_sd(cell, baseline)[0] for cell in (rows, anchor)]
-    if None in spreads:
-        return None
-    return planned_half_width(spreads[0], planned_cells) > planned_half_width(spreads[1], planned_cells)
-
-
-def precision_line(rows: list[dict], baseline: str, planned_cells: int) -> list[str]:
-    """What the cell can resolve: the half-width a `PLANNED_SEEDS`-seed paired interval would have at the
-    study's final level, from the pooled spread of its pilot's differences (the test of "too noisy")."""
-    sd, arms, dof = pooled_paired_sd(rows, baseline)
-    if sd is None:
-        return []
-    level, half = bonferroni(planned_cells), planned_half_width(sd, planned_cells)
-    return [f"Precision: the paired held-out differences to AdamW have a pooled SD of {100 * sd:.1f} points "
-            f"({arms} arm{'s' * (arms != 1)}, {dof} degree{'s' * (dof != 1)} of freedom; a pair with an input-blind "
-            f"run left out), so {PLANNED_SEEDS} paired seeds would give an arm an interval of ± {100 * half:.1f} at "
-            f"{100 * level:.2f} % (Bonferroni over the {planned_cells} cells the study plans).", ""]
-
-
-PILOT_SEEDS = (1, 2)
-"""The seeds every arm of a cell runs first (the specs' `seeds`); a sign on them sends an arm to `PLANNED_SEEDS`."""
-
-
-def pilot_signs(rows: list[dict], baseline: str) -> list[tuple[str, list[float]]]:
-    """The arms with a sign in the pilot, the protocol's trigger for seeds 3-5: the held-out score (the primary
-    outcome) ahead of the early-stopped baseline on every pilot seed, none of the arm's pilot runs input-blind
-    (a near-tie at the 50/50 predictor is no sign), with the differences. An arm the baseline leads on both
-    seeds gets no more seeds: the question is whether any arm beats it."""
-    pilot = [r for r in rows if r["seed"] in PILOT_SEEDS]
-    blind = {(r["method"], r["seed"]) for r in pilot if run_input_blind(r)}
-    signs = []
-    for method in dict.fromkeys(r["method"] for r in pilot if r["method"] != baseline):
-        values = paired(pilot, method, baseline, "heldout")
-        if (len(values) == len(PILOT_SEEDS) and all(v > 0 for v in values)
-                and not any((method, seed) in blind for seed in PILOT_SEEDS)):
-            signs.append((method, values))
-    return signs
-
-
-def pilot_sign_line(rows: list[dict], baseline: str) -> list[str]:
-    """`pilot_signs` as a sentence, with each signed arm against the plain control at its best on the pilot
-    (the stricter comparison, for information: the trigger is the early-stopped baseline)."""
-    pilot = [r for r in rows if r["seed"] in PILOT_SEEDS]
-    complete = [m for m in dict.fromkeys(r["method"] for r in pilot)
-                if {r["seed"] for r in pilot if r["method"] == m} >= set(PILOT_SEEDS)]
-    if baseline not in complete or len(complete) < 2:
-        return []
-    seeds = ", ".join(map(str, PILOT_SEEDS))
-    signs = pilot_signs(rows, baseline)
-    control, model, _ = at_best_on_heldout(pilot).get("plain", (baseline, "heldout", []))
-
-    def shown_arm(method: str, values: list[float]) -> str:
-        ahead = ", ".join(f"{100 * v:+.1f}" for v in values)
-        if (method, "heldout") == (control, model):
-            return f"`{method}` ({ahead}; itself the plain control at its best on the pilot)"
-        strict = paired_models(pilot, method, "heldout", control, model)
-        return (f"`{method}` ({ahead}; against `{control}`'s {'last' if model == 'last' else 'early-stopped'} "
-                f"model, the plain control at its best on the pilot: {', '.join(f'{100 * v:+.1f}' for v in strict)})")
-
-    found = "; ".join(shown_arm(m, v) for m, v in signs) if signs else "none"
-    return [f"Signs in the pilot (seeds {seeds}; {len(complete) - 1} arm{'s' * (len(complete) != 2)} with both run), "
-            "the trigger for seeds 3-5: held-out score ahead of the early-stopped AdamW on every pilot seed, no run of "
-            f"the arm input-blind: {found}.", ""]
-
-
-def recorded_floors(rows: list[dict]) -> dict[int, float]:
-    """Each seed's input-blind floor as `run_glue.py` records it: the majority class's held-out score on the
-    rows a run kept. Every arm of a seed trains on the same sample and so keeps the same rows, so one run that
-    records it gives it for the seed's runs that predate the record."""
-    return {r["seed"]: r["results"]["heldout_input_blind_score"] for r in rows
-            if r["results"].get("heldout_input_blind_score") is not None}
-
-
-def floors_by_seed(rows: list[dict], glue_dir: Optional[str] = None) -> dict[int, float]:
-    """Each seed's floor: recorded, or else (`glue_dir`) replayed from its first run's settings
-    (`studies.tasks.replayed_heldout_floor`); a seed with neither has none."""
-    floors = recorded_floors(rows)
-    for r in rows:
-        if r["seed"] not in floors and (floor := replayed_heldout_floor(glue_dir, r)) is not None:
-            floors[r["seed"]] = floor
-    return floors
-
-
-def floor_line(rows: list[dict], glue_dir: Optional[str] = None) -> list[str]:
-    """The floor an arm must clear to have learnt anything, per seed (`floors_by_seed`)."""
-    floors = floors_by_seed(rows, glue_dir)
-    if not floors:
-        return []
-    low, high = 100 * min(floors.values()), 100 * max(floors.values())
-    seeds = ", ".join(str(s) for s in sorted(floors))
-    replayed = sorted(set(floors) - set(recorded_floors(rows)))
-    return [f"Input-blind floor: predicting the majority class scores {low:.1f}"
-            + (f"-{high:.1f}" if f"{high:.1f}" != f"{low:.1f}" else "")
-            + f" on the held-out block (seed{'s' * (len(floors) > 1)} {seeds}"
-            + (", replayed from the runs' settings, their rows predating the record" if len(replayed) == len(floors)
-               else f"; seed{'s' * (len(replayed) > 1)} {', '.join(map(str, replayed))} replayed from the runs' "
-               "settings, their rows predating the record" if replayed else "")
-            + "); \"above the floor\": an arm's held-out score minus its seed's floor, the mean over its runs.", ""]
-
-
-def above_floor(rows: list[dict], method: str, floors: dict[int, float]) -> Optional[float]:
-    """The arm's mean held-out score minus each run's seed floor (`floors_by_seed`), over its runs whose seed
-    has one."""
-    margins = [r["heldout_score"] - floors[r["seed"]] for r in rows
-               if r["method"] == method and r["seed"] in floors and r.get("heldout_score") is not None]
-    return statistics.fmean(margins) if margins else None
-
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_COST = REPO / "docs/performance/step_time_minilm_sst2_cpu_m_sam.json"
@@ -261,7 +89,7 @@ def cell_lines(name: str, rows: list[dict], baseline: str, level: float, benchma
              f"{100 * level:.2f} % (Bonferroni over the cells). Input-blind: runs whose best or last model ends at the dev "
              "loss of the uniform predictor (ln classes) or predicts one class for every held-out row: their scores "
              "measure nothing learnt.", "", *precision_line(rows, baseline, planned_cells), *floor_line(rows, glue_dir),
-             *pilot_sign_line(rows, baseline), header,
+             *pilot_sign_line(rows, baseline, plain_at_best(pilot_rows(rows), baseline)), header,
              "|---" * (10 + len(COMPRESSIONS)) + "|"]
     floors = floors_by_seed(rows, glue_dir)  # once a cell: a replayed floor reads the GLUE files
     for method in methods:
@@ -352,6 +180,13 @@ def at_best_on_heldout(rows: list[dict]) -> dict[str, tuple[str, str, list[int]]
     tuned on the held-out block itself, as the frontier chose SAM's radius and AdamW's epochs. An upper
     bound for every family alike, though the plain family has more candidates to choose among."""
     return chosen_by(rows, outcome, ("heldout", "last"))
+
+
+def plain_at_best(rows: list[dict], baseline: str) -> tuple[str, str]:
+    """The plain control at its best on the held-out block (arm, model), the baseline's early-stopped model where
+    no plain arm has a seed every plain arm shares."""
+    control, model, _ = at_best_on_heldout(rows).get("plain", (baseline, "heldout", []))
+    return control, model
 
 
 def tuned_lines(rows: list[dict], level: float) -> list[str]:

@@ -9,19 +9,7 @@ import statistics
 from scipy import stats
 
 from studies import summarize_beyond
-
-
-def row(method: str, seed: int, heldout: float, last: float, drops: dict[str, float]) -> dict:
-    """A run's row as run_glue writes it: each compression's drop and the score after it."""
-    return {"task": "sst2", "method": method, "seed": seed, "metric": "accuracy", "heldout_score": heldout,
-            "last_heldout_score": last, "results": {"train_median_step_time": 1.0 if method == "adamw" else 0.5,
-                                                    **{f"heldout_{k}_drop_accuracy": v for k, v in drops.items()},
-                                                    **{f"heldout_{k}_accuracy": heldout - v for k, v in drops.items()}}}
-
-
-def write(folder, rows):
-    folder.mkdir(parents=True)
-    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+from tests.studies.beyond_rows import row, write
 
 
 def test_differences_intervals_and_the_verdict(tmp_path):
@@ -115,27 +103,6 @@ def test_each_family_at_its_best_on_the_heldout_block_arm_and_model():
             f"[{100 * (mean - half):+.1f}, {100 * (mean + half):+.1f}] | +1.0 (n=1) |") in text  # fresh: 0.79 - 0.78
 
 
-def test_the_precision_line_pools_the_arms_spread_by_hand():
-    """Differences in points: SAM (+2, +4, +9), AdamW 2e-5 (-1, +1), SAM 0.05 (+30, -30) on seeds 2-3.
-    While AdamW's seed 3 is input-blind its pairs are left out: SAM keeps (+2, +4), SAM 0.05 one pair."""
-    rows = [row("adamw", s, 0.70, 0.70, {}) for s in (1, 2, 3)]
-    rows += [row("sam@sam_rho=0.1", s, 0.70 + d, 0.70, {}) for s, d in zip((1, 2, 3), (0.02, 0.04, 0.09))]
-    rows += [row("adamw@learning_rate=2e-5", s, 0.70 + d, 0.70, {}) for s, d in zip((1, 2), (-0.01, 0.01))]
-    rows += [row("sam@sam_rho=0.05", s, 0.70 + d, 0.70, {}) for s, d in zip((2, 3), (0.30, -0.30))]
-    rows[2]["results"]["heldout_predicted_classes"] = 1  # AdamW's seed 3: one class for every row
-    rows[-1]["results"]["heldout_predicted_classes"] = 2
-    sd, arms, dof = summarize_beyond.pooled_paired_sd(rows, "adamw")
-    # seed 3 of SAM pairs with the input-blind AdamW run: SAM keeps (+2, +4), variance 2
-    assert (arms, dof) == (2, 2) and math.isclose(100 * sd, math.sqrt((1 * 2 + 1 * 2) / 2))
-    rows[2]["results"]["heldout_predicted_classes"] = 2
-    sd, arms, dof = summarize_beyond.pooled_paired_sd(rows, "adamw")
-    assert (arms, dof) == (3, 4) and math.isclose(100 * sd, math.sqrt((2 * 13 + 1 * 2 + 1 * 1800) / 4))
-    half = stats.t.ppf(1 - 0.0125 / 2, 4) * sd / math.sqrt(5)
-    line = summarize_beyond.precision_line(rows, "adamw", planned_cells=4)[0]
-    assert f"pooled SD of {100 * sd:.1f} points (3 arms, 4 degrees of freedom" in line
-    assert f"± {100 * half:.1f} at 98.75 %" in line
-
-
 def test_the_runs_step_ratio_divides_by_the_median_plain_step_of_the_seed():
     """Seed 1's AdamW run was slowed by other work (3.0 s a step against its plain siblings' 1.0): the
     seed's plain step is their median, 1.0, so SAM's 2.0 s is 2.0x; seed 2 gives 1.8x: median 1.9."""
@@ -196,67 +163,3 @@ def test_a_cell_set_aside_is_reported_but_not_counted(tmp_path):
     recorded = summarize_beyond.main([str(tmp_path)])
     assert "Set aside (the too-noisy rule): noisy's tables stay" in recorded and "97.50 %" in recorded
     assert "Over the cells first, second (noisy set aside)." in recorded
-
-
-def test_the_floor_is_each_seeds_and_the_margin_above_it_is_paired_by_seed():
-    """Seeds 1-2 record the floor (each seed trains on its own sample, so keeps its own rows); seed 3's
-    runs predate the record; seed 1's SAM run predates it too and takes its seed's floor from AdamW's row."""
-    rows = [row("adamw", s, 0.75, 0.70, {}) for s in (1, 2, 3)]
-    rows += [row("sam@sam_rho=0.1", s, h, 0.70, {}) for s, h in ((1, 0.70), (2, 0.74), (3, 0.90))]
-    assert summarize_beyond.floor_line(rows) == [] and summarize_beyond.floors_by_seed(rows) == {}
-    assert summarize_beyond.above_floor(rows, "adamw", {}) is None
-    rows[0]["results"]["heldout_input_blind_score"] = 0.6801
-    rows[1]["results"]["heldout_input_blind_score"] = 0.7049
-    rows[4]["results"]["heldout_input_blind_score"] = 0.7049
-    line, floors = summarize_beyond.floor_line(rows)[0], summarize_beyond.floors_by_seed(rows)
-    assert "scores 68.0-70.5 on the held-out block (seeds 1, 2)" in line
-    # SAM: (0.70 - 0.6801) on seed 1, (0.74 - 0.7049) on seed 2; seed 3 has no floor
-    assert math.isclose(summarize_beyond.above_floor(rows, "sam@sam_rho=0.1", floors), ((0.70 - 0.6801) + (0.74 - 0.7049)) / 2)
-    assert math.isclose(summarize_beyond.above_floor(rows, "adamw", floors), ((0.75 - 0.6801) + (0.75 - 0.7049)) / 2)
-    del rows[1]["results"]["heldout_input_blind_score"], rows[4]["results"]["heldout_input_blind_score"]
-    assert "scores 68.0 on the held-out block (seed 1)" in summarize_beyond.floor_line(rows)[0]
-
-
-def test_a_floor_replayed_from_a_runs_settings_is_the_floor_the_run_recorded(glue_dir):
-    """Noisy MRPC's seed 1: its first runs predate the record, its later ones recorded 75.6 on the 584 rows
-    they kept. Shaping the split again from a run's settings (the seeded sample, the noise, the held-out
-    rows whose text sits inside a training row dropped) must give the recorded floor, on both seeds."""
-    path = summarize_beyond.REPO / "docs/results/beyond-training-less/mrpc-n1000-noise30/results.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    recorded = summarize_beyond.recorded_floors(rows)
-    assert set(recorded) == {1, 2}
-    for seed in (1, 2):
-        older = next(r for r in rows if r["seed"] == seed)
-        stripped = {**older, "results": {k: v for k, v in older["results"].items() if k != "heldout_input_blind_score"}}
-        assert summarize_beyond.replayed_heldout_floor(str(glue_dir), stripped) == recorded[seed]
-    # a cell whose seed 2 has no record takes the replayed floor for it, and says so
-    rows = [{**r, "results": {k: v for k, v in r["results"].items() if k != "heldout_input_blind_score"}}
-            if r["seed"] == 2 else r for r in rows]
-    assert summarize_beyond.floors_by_seed(rows) == {1: recorded[1]}
-    assert summarize_beyond.floors_by_seed(rows, str(glue_dir)) == recorded
-    assert "(seeds 1, 2; seed 2 replayed from the runs' settings" in summarize_beyond.floor_line(rows, str(glue_dir))[0]
-    assert summarize_beyond.replayed_heldout_floor(None, rows[0]) is None  # no GLUE files: no floor
-
-
-def test_a_sign_in_the_pilot_is_every_pilot_seed_ahead_of_adamw_and_no_run_input_blind():
-    """The trigger for seeds 3-5, by hand: ahead on both pilot seeds (a later seed does not count), not on one;
-    an arm with a run at the 50/50 predictor or a seed missing has no sign; a lead over AdamW early-stopped is
-    shown against the plain control at its best on the pilot too."""
-    rows = [row("adamw", s, h, 0.60, {}) for s, h in ((1, 0.70), (2, 0.74), (3, 0.72))]
-    rows += [row("adamw@learning_rate=2e-5", s, 0.69, last, {}) for s, last in ((1, 0.75), (2, 0.73))]
-    rows += [row("sam@sam_rho=0.1", s, h, 0.60, {}) for s, h in ((1, 0.73), (2, 0.75), (3, 0.60))]
-    rows += [row("sam@sam_rho=0.05", s, h, 0.60, {}) for s, h in ((1, 0.80), (2, 0.73))]  # behind on seed 2
-    rows += [row("sam@sam_rho=0.01", s, h, 0.60, {}) for s, h in ((1, 0.80), (2, 0.80))]
-    rows[-1]["results"]["last_eval_loss"] = math.log(2)  # its seed 2 ends at the 50/50 predictor
-    rows += [row("sam@sam_group_size=4@sam_rho=0.01", 1, 0.90, 0.60, {})]  # seed 2 not run yet
-    signs = summarize_beyond.pilot_signs(rows, "adamw")
-    assert [m for m, _ in signs] == ["sam@sam_rho=0.1"]
-    assert [round(v, 4) for v in signs[0][1]] == [0.03, 0.01]
-    # the plain control at its best on seeds 1-2: lr 2e-5's last model (0.75, 0.73: mean 0.74 over AdamW's 0.72)
-    line = summarize_beyond.pilot_sign_line(rows, "adamw")[0]
-    assert "(seeds 1, 2; 4 arms with both run)" in line
-    assert ("`sam@sam_rho=0.1` (+3.0, +1.0; against `adamw@learning_rate=2e-5`'s last model, the plain control at "
-            "its best on the pilot: -2.0, +2.0)") in line
-    assert summarize_beyond.pilot_sign_line([r for r in rows if r["method"] != "sam@sam_rho=0.1"], "adamw")[0].endswith(
-        "input-blind: none.")
-    assert summarize_beyond.pilot_sign_line([r for r in rows if r["seed"] == 1], "adamw") == []  # no pilot yet
