@@ -79,11 +79,11 @@ def pilot_signs(rows: list[dict], baseline: str) -> list[tuple[str, list[float]]
     return signs
 
 
-def later_seed_arms(rows: list[dict], baseline: str, control: str) -> list[str]:
-    """What runs seeds 3-5 once any arm has a sign: the baseline, the plain control at its best on the pilot
-    (`control`: so that each family at its best meets the plain family at its best on the same seeds), and
-    every arm with a sign; nothing while no arm has one."""
-    signed = [method for method, _ in pilot_signs(rows, baseline)]
+def later_seed_arms(signs: list[tuple[str, list[float]]], baseline: str, control: str) -> list[str]:
+    """What runs seeds 3-5 once any arm has a sign (`pilot_signs`): the baseline, the plain control at its best
+    on the pilot (`control`: so that each family at its best meets the plain family at its best on the same
+    seeds), and every arm with a sign; nothing while no arm has one."""
+    signed = [method for method, _ in signs]
     return list(dict.fromkeys([baseline, control, *signed])) if signed else []
 
 
@@ -114,7 +114,7 @@ def pilot_sign_line(rows: list[dict], baseline: str, control: tuple[str, str]) -
                 f"model, the plain control at its best on the pilot: {', '.join(f'{100 * v:+.1f}' for v in strict)})")
 
     found = "; ".join(shown_arm(m, v) for m, v in signs) if signs else "none"
-    later = later_seed_arms(rows, baseline, control)
+    later = later_seed_arms(signs, baseline, control)
     return [f"Signs in the pilot (seeds {seeds}; {len(complete) - 1} arm{'s' * (len(complete) != 2)} with both run), "
             "the trigger for seeds 3-5: held-out score ahead of the early-stopped AdamW on every pilot seed, no run of "
             f"the arm input-blind: {found}."

@@ -100,9 +100,9 @@ def test_a_sign_in_the_pilot_is_every_pilot_seed_ahead_of_adamw_and_no_run_input
             "its best on the pilot: -2.0, +2.0)") in line
     # what runs next: the baseline, the plain control at its best, the signed arm; with no sign, nothing
     assert line.endswith("`--seeds 3 4 5 --methods adamw adamw@learning_rate=2e-5 sam@sam_rho=0.1`.")
-    assert beyond_protocol.later_seed_arms(rows, "adamw", "adamw") == ["adamw", "sam@sam_rho=0.1"]
-    assert beyond_protocol.later_seed_arms([r for r in rows if r["method"] != "sam@sam_rho=0.1"], "adamw",
-                                           "adamw@learning_rate=2e-5") == []
+    assert beyond_protocol.later_seed_arms(signs, "adamw", "adamw") == ["adamw", "sam@sam_rho=0.1"]
+    unsigned = beyond_protocol.pilot_signs([r for r in rows if r["method"] != "sam@sam_rho=0.1"], "adamw")
+    assert beyond_protocol.later_seed_arms(unsigned, "adamw", "adamw@learning_rate=2e-5") == []
     assert beyond_protocol.pilot_sign_line([r for r in rows if r["method"] != "sam@sam_rho=0.1"], "adamw", control)[0].endswith(
         "input-blind: none.")
     assert beyond_protocol.pilot_sign_line([r for r in rows if r["seed"] == 1], "adamw", control) == []  # no pilot yet
