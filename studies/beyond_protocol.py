@@ -92,10 +92,10 @@ def pilot_rows(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r["seed"] in PILOT_SEEDS]
 
 
-def pilot_sign_line(rows: list[dict], baseline: str, control: tuple[str, str]) -> list[str]:
+def pilot_sign_line(rows: list[dict], baseline: str, control: tuple[str, str], set_aside: bool = False) -> list[str]:
     """`pilot_signs` as a sentence, with each signed arm against `control` (arm, model: `heldout` or `last`), the
     plain control at its best on the pilot (the stricter comparison, for information: the trigger is the
-    early-stopped baseline)."""
+    early-stopped baseline). A cell `set_aside` (too noisy to decide anything) shows its signs but orders no seeds."""
     pilot = pilot_rows(rows)
     complete = [m for m in dict.fromkeys(r["method"] for r in pilot)
                 if {r["seed"] for r in pilot if r["method"] == m} >= set(PILOT_SEEDS)]
@@ -114,12 +114,13 @@ def pilot_sign_line(rows: list[dict], baseline: str, control: tuple[str, str]) -
                 f"model, the plain control at its best on the pilot: {', '.join(f'{100 * v:+.1f}' for v in strict)})")
 
     found = "; ".join(shown_arm(m, v) for m, v in signs) if signs else "none"
-    later = later_seed_arms(signs, baseline, control)
+    later = [] if set_aside else later_seed_arms(signs, baseline, control)
     return [f"Signs in the pilot (seeds {seeds}; {len(complete) - 1} arm{'s' * (len(complete) != 2)} with both run), "
             "the trigger for seeds 3-5: held-out score ahead of the early-stopped AdamW on every pilot seed, no run of "
             f"the arm input-blind: {found}."
             + (f" Seeds 3-5 go to {', '.join(f'`{m}`' for m in later)} (the baseline, the plain control at its best "
-               "and each signed arm): `--seeds 3 4 5 --methods " + " ".join(later) + "`." if later else ""), ""]
+               "and each signed arm): `--seeds 3 4 5 --methods " + " ".join(later) + "`." if later else "")
+            + (" The cell is set aside, so no seeds 3-5 run here." if set_aside else ""), ""]
 
 
 def recorded_floors(rows: list[dict]) -> dict[int, float]:

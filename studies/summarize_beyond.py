@@ -80,7 +80,7 @@ def runs_step_ratio(rows: list[dict], method: str) -> Optional[float]:
 
 
 def cell_lines(name: str, rows: list[dict], baseline: str, level: float, benchmark: dict[str, float],
-               planned_cells: int, glue_dir: Optional[str] = None) -> list[str]:
+               planned_cells: int, glue_dir: Optional[str] = None, set_aside: bool = False) -> list[str]:
     methods = list(dict.fromkeys(r["method"] for r in rows))
     header = ("| arm | seeds | input-blind | held-out (best) | above the floor | - AdamW | last model - AdamW's last | "
               "last model - AdamW early-stopped | "
@@ -89,7 +89,7 @@ def cell_lines(name: str, rows: list[dict], baseline: str, level: float, benchma
              f"{100 * level:.2f} % (Bonferroni over the cells). Input-blind: runs whose best or last model ends at the dev "
              "loss of the uniform predictor (ln classes) or predicts one class for every held-out row: their scores "
              "measure nothing learnt.", "", *precision_line(rows, baseline, planned_cells), *floor_line(rows, glue_dir),
-             *pilot_sign_line(rows, baseline, plain_at_best(pilot_rows(rows), baseline)), header,
+             *pilot_sign_line(rows, baseline, plain_at_best(pilot_rows(rows), baseline), set_aside), header,
              "|---" * (10 + len(COMPRESSIONS)) + "|"]
     floors = floors_by_seed(rows, glue_dir)  # once a cell: a replayed floor reads the GLUE files
     for method in methods:
@@ -362,7 +362,8 @@ def main(argv: Optional[list[str]] = None) -> str:
             "controls' runs) is what they paid on their own batches, length-grouped and so shorter than the "
             "benchmark's.", ""]
     for name, rows in cells.items():
-        text += cell_lines(name, rows, args.baseline, level, benchmark, args.planned_cells, args.glue_dir)
+        text += cell_lines(name, rows, args.baseline, level, benchmark, args.planned_cells, args.glue_dir,
+                           set_aside=name in reasons)
         if name in reasons:
             text += [f"Set aside ({reasons[name]}): {name}'s tables stay, but it is left out of the verdict, the plot "
                      "and the Bonferroni count.", ""]

@@ -106,4 +106,8 @@ def test_a_sign_in_the_pilot_is_every_pilot_seed_ahead_of_adamw_and_no_run_input
     assert beyond_protocol.pilot_sign_line([r for r in rows if r["method"] != "sam@sam_rho=0.1"], "adamw", control)[0].endswith(
         "input-blind: none.")
     assert beyond_protocol.pilot_sign_line([r for r in rows if r["seed"] == 1], "adamw", control) == []  # no pilot yet
+    # a cell set aside as too noisy shows its signs but orders no seeds
+    aside = beyond_protocol.pilot_sign_line(rows, "adamw", control, set_aside=True)[0]
+    assert "`sam@sam_rho=0.1` (+3.0, +1.0;" in aside and "--seeds" not in aside
+    assert aside.endswith("The cell is set aside, so no seeds 3-5 run here.")
 
