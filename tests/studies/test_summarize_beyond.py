@@ -152,6 +152,10 @@ def test_a_cell_set_aside_is_reported_but_not_counted(tmp_path):
               + [row("sam@sam_rho=0.1", s, 0.7 + gain + 0.01 * s, 0.7, {}) for s in (1, 2, 3)])
     text = summarize_beyond.main([str(tmp_path), "--set_aside", "noisy"])
     assert "### noisy" in text and "Set aside (--set_aside): noisy's tables stay" in text and "97.50 %" in text
+    # the set-aside cell's pilot sign orders no seeds 3-5; a counted cell's does
+    noisy, first = text.split("### noisy", 1)[1], text.split("### first", 1)[1].split("### ", 1)[0]
+    assert "no seeds 3-5 run here" in noisy.split("### ", 1)[0] and "--seeds 3 4 5" not in noisy.split("### ", 1)[0]
+    assert "--seeds 3 4 5 --methods adamw sam@sam_rho=0.1" in first
     verdict = text.split("## Verdict, computed", 1)[1]
     assert "Over the cells first, second (noisy set aside)." in verdict and "noisy:" not in verdict
     assert "first: held-out score above AdamW's" in verdict
